@@ -1,0 +1,30 @@
+"""Exceptions that vrnnkit raises for problems a user can fix.
+
+Every error here carries a message meant for a person: what was wrong, where, and what was
+expected. The command line turns them into a short message and an exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VRNNKitError(Exception):
+    """Base class of every error vrnnkit raises on purpose."""
+
+
+class ConfigError(VRNNKitError, ValueError):
+    """A model or training configuration is invalid (a size, a block name, a frame shape)."""
+
+
+class RegistryError(VRNNKitError, KeyError):
+    """A block name is unknown for its kind, or a name is registered twice."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(VRNNKitError):
+    """A checkpoint file is missing, is not a vrnnkit checkpoint, or is truncated or corrupt."""
+
+
+class DataError(VRNNKitError, ValueError):
+    """A data file or array cannot be used: wrong path, format, shape, dtype or values."""
