@@ -1,0 +1,32 @@
+"""vrnnkit: variational recurrent neural networks for sequences and video.
+
+    import vrnnkit
+    model = vrnnkit.VRNN(vrnnkit.VRNNConfig(frame_shape=(28,), likelihood="bernoulli"))
+    out = model(x)            # x: (batch, time, 28); out.loss, out.nll, out.kl
+    vrnnkit.save(model, "model.safetensors")
+"""
+
+from vrnnkit._version import __version__
+from vrnnkit.checkpoint import load, read_metadata, save
+from vrnnkit.config import VRNNConfig
+from vrnnkit.errors import CheckpointError, ConfigError, DataError, RegistryError, VRNNKitError
+from vrnnkit.model import VRNN, VRNNOutput
+from vrnnkit.registry import build, list_blocks, register
+
+__all__ = [
+    "VRNN",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "RegistryError",
+    "VRNNConfig",
+    "VRNNKitError",
+    "VRNNOutput",
+    "__version__",
+    "build",
+    "list_blocks",
+    "load",
+    "read_metadata",
+    "register",
+    "save",
+]

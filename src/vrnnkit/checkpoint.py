@@ -1,0 +1,165 @@
+"""Checkpoints: one self-contained ``.safetensors`` file per model.
+
+The file holds the weights as tensors and, in the safetensors metadata (strings only), the
+model's config as JSON, the vrnnkit version, a format version and any metadata the caller adds.
+Loading parses that header and the tensors; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vrnnkit._version import __version__
+from vrnnkit.config import VRNNConfig
+from vrnnkit.errors import CheckpointError, VRNNKitError
+from vrnnkit.model import VRNN
+
+FORMAT_NAME = "vrnnkit"
+FORMAT_VERSION = 1
+_RESERVED = ("format", "format_version", "vrnnkit_version", "config")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    A crash or an error at any moment leaves either the old file or the new one, never a
+    partial one: the temporary file is flushed to disk, then renamed over the target.
+    """
+    target = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(model: VRNN, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` to one ``.safetensors`` file at ``path``, atomically; return the path.
+
+    ``metadata`` adds string entries to the file's header (for example the data's scaling);
+    ``read_metadata`` gives them back.
+    """
+    target = Path(path)
+    extra = dict(metadata or {})
+    for key, value in extra.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"checkpoint metadata must map strings to strings, got {key!r}: {value!r}")
+        if key in _RESERVED:
+            raise ValueError(f"checkpoint metadata key {key!r} is reserved by vrnnkit")
+    if not target.parent.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {target}: folder {target.parent} does not exist")
+    header = {
+        **extra,
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "vrnnkit_version": __version__,
+        "config": model.config.to_json(),
+    }
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    try:
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+    except OSError as error:
+        raise CheckpointError(f"cannot write checkpoint {target}: {error.strerror or error}") from None
+    return target
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The header metadata of a vrnnkit checkpoint, validated, without loading the weights."""
+    source = _check_file(path)
+    try:
+        with safe_open(str(source), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{source} is not a readable safetensors file ({_reason(error)})") from None
+    _check_header(source, metadata)
+    return dict(metadata)
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device | None = None) -> VRNN:
+    """Rebuild the model saved at ``path`` from that file alone, on ``device`` (default CPU)."""
+    source = _check_file(path)
+    try:
+        with safe_open(str(source), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            _check_header(source, metadata)
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{source} is not a readable safetensors file ({_reason(error)})") from None
+    try:
+        config = VRNNConfig.from_json(metadata["config"])
+        model = VRNN(config)
+    except VRNNKitError as error:
+        raise CheckpointError(f"{source}: its model config cannot be rebuilt: {error}") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(f"{source}: the weights do not fit the model its config describes: {detail}") from None
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def _check_file(path: str | os.PathLike[str]) -> Path:
+    source = Path(path)
+    if not source.exists():
+        raise CheckpointError(f"checkpoint {source} does not exist")
+    if source.is_dir():
+        raise CheckpointError(f"checkpoint {source} is a folder; expected a .safetensors file")
+    if source.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {source} is empty (0 bytes)")
+    return source
+
+
+def _check_header(source: Path, metadata: Mapping[str, str]) -> None:
+    if metadata.get("format") != FORMAT_NAME or "config" not in metadata:
+        raise CheckpointError(
+            f"{source} is a safetensors file but not a vrnnkit checkpoint (its header has no vrnnkit format tag)"
+        )
+    version = metadata.get("format_version", "")
+    if version != str(FORMAT_VERSION):
+        raise CheckpointError(
+            f"{source} has checkpoint format version {version!r}; this vrnnkit ({__version__}) "
+            f"reads version {FORMAT_VERSION}"
+        )
+    try:
+        json.loads(metadata["config"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{source}: the config in its header is not valid JSON") from None
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]

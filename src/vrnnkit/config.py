@@ -1,0 +1,125 @@
+"""The model's configuration: a small dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import vrnnkit.blocks  # noqa: F401  (registers the built-in blocks before names are checked)
+from vrnnkit.errors import ConfigError
+from vrnnkit.registry import is_registered, list_blocks
+
+_BLOCK_FIELDS = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
+_SIZE_FIELDS = ("z_dim", "h_dim", "feature_dim", "latent_feature_dim", "rnn_layers")
+
+
+@dataclass
+class VRNNConfig:
+    """Everything needed to rebuild a VRNN; shapes come from here, never from the data at hand.
+
+    ``frame_shape`` is ``(D,)`` for vector frames or ``(C, H, W)`` for images. ``encoder`` and
+    ``decoder`` default to ``"auto"``: ``conv``/``convT`` for images, ``mlp`` for vectors. Each
+    block's ``*_options`` are passed to its builder as keywords (for example
+    ``decoder_options={"channels": 64}`` or ``likelihood_options={"std": 0.1}``).
+    """
+
+    frame_shape: tuple[int, ...]
+    z_dim: int = 16
+    h_dim: int = 128
+    feature_dim: int | None = None  # width of phi_x(x_t); defaults to h_dim
+    latent_feature_dim: int | None = None  # width of phi_z(z_t); defaults to h_dim
+    rnn_layers: int = 1
+    encoder: str = "auto"
+    decoder: str = "auto"
+    prior: str = "mlp"
+    posterior: str = "mlp"
+    rnn: str = "gru"
+    likelihood: str = "bernoulli"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    decoder_options: dict[str, Any] = field(default_factory=dict)
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    posterior_options: dict[str, Any] = field(default_factory=dict)
+    rnn_options: dict[str, Any] = field(default_factory=dict)
+    likelihood_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = self.frame_shape
+        if (
+            not isinstance(shape, (tuple, list))
+            or len(shape) not in (1, 3)
+            or not all(_is_positive_int(s) for s in shape)
+        ):
+            raise ConfigError(
+                f"frame_shape must be (D,) for vectors or (C, H, W) for images, "
+                f"with positive integer sizes; got {shape!r}"
+            )
+        self.frame_shape = tuple(int(s) for s in shape)
+        if self.feature_dim is None:
+            self.feature_dim = self.h_dim
+        if self.latent_feature_dim is None:
+            self.latent_feature_dim = self.h_dim
+        bad = [f"{k}={getattr(self, k)!r}" for k in _SIZE_FIELDS if not _is_positive_int(getattr(self, k))]
+        if bad:
+            raise ConfigError(f"sizes must be positive integers, got {', '.join(bad)}")
+        image = self.is_image
+        if self.encoder == "auto":
+            self.encoder = "conv" if image else "mlp"
+        if self.decoder == "auto":
+            self.decoder = "convT" if image else "mlp"
+        for kind in _BLOCK_FIELDS:
+            name = getattr(self, kind)
+            if not isinstance(name, str) or not is_registered(kind, name):
+                known = ", ".join(list_blocks(kind))
+                raise ConfigError(f"unknown {kind} block {name!r}; registered {kind} blocks: {known}")
+            options = getattr(self, f"{kind}_options")
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise ConfigError(f"{kind}_options must be a mapping of option names to values, got {options!r}")
+
+    @property
+    def is_image(self) -> bool:
+        """Whether frames are images (C, H, W) rather than vectors (D,)."""
+        return len(self.frame_shape) == 3
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the frame shape as a list)."""
+        data = dataclasses.asdict(self)
+        data["frame_shape"] = list(self.frame_shape)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VRNNConfig:
+        """Build from a dict, rejecting unknown keys and values of the wrong type."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a VRNN config must be a mapping, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown config keys: {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+            )
+        if "frame_shape" not in data:
+            raise ConfigError("a VRNN config needs 'frame_shape'")
+        for name in _BLOCK_FIELDS:
+            if name in data and not isinstance(data[name], str):
+                raise ConfigError(f"config key {name!r} must be a block name (a string), got {data[name]!r}")
+        try:
+            return cls(**data)
+        except TypeError as error:  # e.g. an int compared with a string
+            raise ConfigError(f"invalid VRNN config: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> VRNNConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"the VRNN config is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,342 @@
+"""The Variational Recurrent Neural Network (Chung et al. 2015, arXiv 1506.02216).
+
+One time step, with the paper's equation numbers:
+
+    e_t              = phi_x(x_t)                          encoder
+    p(z_t | h_{t-1}) = N(prior(h_{t-1}))                   eq. 5
+    q(z_t | x_t, ·)  = N(posterior(e_t, h_{t-1}))          eq. 9
+    f_t              = phi_z(z_t),  z_t ~ q                reparameterised
+    p(x_t | z_t, ·)  = likelihood(decoder(f_t, h_{t-1}))   eq. 6
+    h_t              = rnn([e_t, f_t], h_{t-1})            eq. 7
+    ELBO             = sum_t log p(x_t | ·) - KL(q || p)   eq. 11
+
+Only the recurrent path (posterior, sample, phi_z, rnn) depends on earlier steps, so only it
+runs inside the time loop (``_filter``). phi_x runs once over every frame before the loop;
+the prior, the decoder and the likelihood run once over every step after it. Generation is
+the exception: a generated frame feeds back into phi_x, so there the whole step is in the loop
+(``_generate``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from vrnnkit.config import VRNNConfig
+from vrnnkit.distributions import normal_kl, normal_log_prob, randn
+from vrnnkit.errors import ConfigError, DataError
+from vrnnkit.registry import build
+
+
+@dataclass
+class VRNNOutput:
+    """What ``VRNN.forward`` returns. Per-sequence figures are sums over time, in nats."""
+
+    loss: Tensor
+    """The scalar to minimise: batch mean of NLL + kl_weight * KL (with free bits applied)."""
+    nll: Tensor
+    """Batch mean of the per-sequence negative log-likelihood."""
+    kl: Tensor
+    """Batch mean of the per-sequence KL(q || p) (without free bits)."""
+    elbo: Tensor
+    """(B,) the ELBO of each sequence."""
+    nll_per_step: Tensor
+    """(T,) batch mean of the NLL at each step."""
+    kl_per_step: Tensor
+    """(T,) batch mean of the KL at each step."""
+    dims: Tensor
+    """(B,) number of observed elements in each sequence (steps x frame size)."""
+
+    @property
+    def nats_per_dim(self) -> Tensor:
+        """Negative ELBO per observed element, averaged over the batch."""
+        return (-self.elbo / self.dims).mean()
+
+    @property
+    def bits_per_dim(self) -> Tensor:
+        return self.nats_per_dim / math.log(2.0)
+
+
+class _Filtered(NamedTuple):
+    """The recurrent path over a sequence, batch-first; ``h`` holds h_{t-1} for each step t."""
+
+    h: Tensor
+    mean: Tensor
+    std: Tensor
+    z: Tensor
+    f: Tensor
+    state: Tensor
+
+
+class VRNN(nn.Module):
+    """A VRNN built from registered blocks, as ``config`` names them."""
+
+    def __init__(self, config: VRNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.likelihood = _build(c, "likelihood")
+        self.encoder = _build(c, "encoder", frame_shape=c.frame_shape, out_dim=c.feature_dim)
+        self.prior = _build(c, "prior", h_dim=c.h_dim, z_dim=c.z_dim)
+        self.posterior = _build(c, "posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)
+        self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.latent_feature_dim), nn.ReLU())
+        self.decoder = _build(
+            c,
+            "decoder",
+            latent_dim=c.latent_feature_dim,
+            h_dim=c.h_dim,
+            frame_shape=c.frame_shape,
+            params_per_element=self.likelihood.params_per_element,
+        )
+        self.rnn = _build(
+            c,
+            "rnn",
+            feature_dim=c.feature_dim,
+            latent_dim=c.latent_feature_dim,
+            hidden_size=c.h_dim,
+            num_layers=c.rnn_layers,
+        )
+
+    # ------------------------------------------------------------------ training objective
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        kl_weight: float = 1.0,
+        free_bits: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> VRNNOutput:
+        """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape).
+
+        ``mask`` (B, T) marks the observed steps of padded sequences. ``kl_weight`` scales the
+        KL in the loss (KL annealing); ``free_bits`` is a floor, in nats, on each step's
+        batch-mean KL in the loss (steps below it get no push towards the prior).
+        """
+        batch, steps = self._check_frames(x, "x")
+        step_mask = self._check_mask(mask, batch, steps, x)
+        filtered = self._filter(self._encode(x), self._noise(steps, batch, x, generator))
+        nll = -self._log_prob_frames(x, filtered)
+        mean_p, std_p = self._prior(filtered.h)
+        kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
+        if step_mask is not None:
+            nll, kl = nll * step_mask, kl * step_mask
+        kl_per_step = kl.mean(0)
+        kl_term = kl_per_step.sum()
+        if free_bits > 0:
+            observed = step_mask.mean(0) if step_mask is not None else torch.ones_like(kl_per_step)
+            kl_term = torch.maximum(kl_per_step, free_bits * observed).sum()
+        nll_seq, kl_seq = nll.sum(1), kl.sum(1)
+        frame_size = math.prod(self.config.frame_shape)
+        observed_steps = step_mask.sum(1) if step_mask is not None else torch.full_like(nll_seq, steps)
+        return VRNNOutput(
+            loss=nll_seq.mean() + kl_weight * kl_term,
+            nll=nll_seq.mean(),
+            kl=kl_seq.mean(),
+            elbo=-(nll_seq + kl_seq),
+            nll_per_step=nll.mean(0),
+            kl_per_step=kl_per_step,
+            dims=observed_steps * frame_size,
+        )
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def log_likelihood(
+        self,
+        x: Tensor,
+        k: int = 100,
+        *,
+        chunk_size: int | None = None,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The importance-weighted lower bound on log p(x) with ``k`` samples, per sequence (B,).
+
+        Each sample is a whole latent trajectory drawn from q with its own recurrent state;
+        ``log w = sum_t [log p(x_t | ·) + log p(z_t | h_{t-1}) - log q(z_t | ·)]`` and the bound
+        is ``logsumexp_k(log w) - log k``. k=1 is the ELBO in expectation; the bound tightens
+        towards log p(x) as k grows. Samples are processed ``chunk_size`` at a time to bound
+        memory.
+        """
+        batch, steps = self._check_frames(x, "x")
+        step_mask = self._check_mask(mask, batch, steps, x)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k (importance samples) must be a positive integer, got {k!r}")
+        if chunk_size is None:
+            chunk_size = max(1, min(k, 8192 // (batch * steps)))
+        features = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
+        log_weights = []
+        for start in range(0, k, chunk_size):
+            n = min(chunk_size, k - start)
+            xs = x.repeat(n, *([1] * (x.dim() - 1)))
+            filtered = self._filter(
+                features.repeat(n, 1, 1), self._noise(steps, n * batch, x, generator)
+            )
+            mean_p, std_p = self._prior(filtered.h)
+            log_w = (
+                self._log_prob_frames(xs, filtered)
+                + normal_log_prob(filtered.z, mean_p, std_p).sum(-1)
+                - normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1)
+            )
+            if step_mask is not None:
+                log_w = log_w * step_mask.repeat(n, 1)
+            log_weights.append(log_w.sum(1).view(n, batch))
+        return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num: int,
+        steps: int,
+        *,
+        generator: torch.Generator | None = None,
+        mean: bool = True,
+    ) -> Tensor:
+        """``num`` new sequences of ``steps`` frames, shape (num, steps, *frame_shape).
+
+        Latents come from the prior; each frame is the likelihood's mean (``mean=True``) or a
+        draw from it, and is fed back through phi_x to update the state.
+        """
+        _check_count(num=num, steps=steps)
+        device, dtype = self._device_dtype()
+        state = self.rnn.initial_state(num, device=device, dtype=dtype)
+        return self._generate(state, steps, generator, mean)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        context: Tensor,
+        horizon: int,
+        samples: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+        mean: bool = True,
+    ) -> Tensor:
+        """Continue each context sequence (B, C, *frame) for ``horizon`` frames, ``samples``
+        times: shape (B, samples, horizon, *frame).
+
+        The posterior filters the real context frames; then latents come from the prior, with
+        generated frames fed back. The samples of one sequence share its context and differ in
+        their latent draws, the posterior's included.
+        """
+        batch, steps = self._check_frames(context, "context")
+        _check_count(horizon=horizon, samples=samples)
+        features = self._encode(context).repeat_interleave(samples, dim=0)
+        filtered = self._filter(features, self._noise(steps, batch * samples, context, generator))
+        frames = self._generate(filtered.state, horizon, generator, mean)
+        return frames.view(batch, samples, horizon, *self.config.frame_shape)
+
+    # ------------------------------------------------------------------ the recurrence
+
+    def _filter(self, features: Tensor, noise: Tensor, state: Tensor | None = None) -> _Filtered:
+        """Run q over frame features (B, T, E) with posterior noise (T, B, Z): the time loop."""
+        batch, steps = features.shape[:2]
+        time_major = features.transpose(0, 1)
+        posterior_in = self.posterior.precompute(time_major)
+        rnn_in = self.rnn.precompute(time_major)
+        if state is None:
+            state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
+        hs, means, stds, zs, fs = [], [], [], [], []
+        for t in range(steps):
+            h = self.rnn.output(state)
+            mean, std = self.posterior.step(posterior_in[t], h)
+            z = torch.addcmul(mean, std, noise[t])
+            f = self.phi_z(z)
+            state = self.rnn.step(rnn_in[t], f, state)
+            hs.append(h)
+            means.append(mean)
+            stds.append(std)
+            zs.append(z)
+            fs.append(f)
+        return _Filtered(*(torch.stack(items, dim=1) for items in (hs, means, stds, zs, fs)), state)
+
+    def _generate(
+        self, state: Tensor, steps: int, generator: torch.Generator | None, use_mean: bool
+    ) -> Tensor:
+        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back."""
+        frames = []
+        for _ in range(steps):
+            h = self.rnn.output(state)
+            mean, std = self.prior(h)
+            z = torch.addcmul(mean, std, randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype))
+            f = self.phi_z(z)
+            params = self.decoder(f, h)
+            x = self.likelihood.mean(params) if use_mean else self.likelihood.sample(params, generator)
+            state = self.rnn.step(self.rnn.precompute(self.encoder(x)), f, state)
+            frames.append(x)
+        return torch.stack(frames, dim=1)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """phi_x over every frame at once: (B, T, *frame) -> (B, T, E)."""
+        return self.encoder(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)
+
+    def _prior(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior over every step at once, from h_{t-1} stacked (B, T, H)."""
+        mean, std = self.prior(h.flatten(0, 1))
+        return mean.view(*h.shape[:2], -1), std.view(*h.shape[:2], -1)
+
+    def _log_prob_frames(self, x: Tensor, filtered: _Filtered) -> Tensor:
+        """log p(x_t | z_t, h_{t-1}) for every step at once: (B, T)."""
+        params = self.decoder(filtered.f.flatten(0, 1), filtered.h.flatten(0, 1))
+        return self.likelihood.log_prob(params, x.flatten(0, 1)).view(x.shape[:2])
+
+    def _noise(self, steps: int, batch: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        # Drawn for all steps at once, time-major, so the loop only indexes it.
+        return randn((steps, batch, self.config.z_dim), generator=generator, device=like.device, dtype=like.dtype)
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.parameters())
+        return parameter.device, parameter.dtype
+
+    def _check_frames(self, x: Any, name: str) -> tuple[int, int]:
+        shape = tuple(self.config.frame_shape)
+        if not isinstance(x, Tensor):
+            raise DataError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[0] < 1 or x.shape[1] < 1:
+            raise DataError(
+                f"{name} must have shape (batch, time, {', '.join(map(str, shape))}) for this model, "
+                f"got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise DataError(f"{name} must hold floating-point values, got dtype {x.dtype}")
+        return x.shape[0], x.shape[1]
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, batch: int, steps: int, like: Tensor) -> Tensor | None:
+        if mask is None:
+            return None
+        if tuple(mask.shape) != (batch, steps):
+            raise DataError(f"mask must have shape (batch, time) = {(batch, steps)}, got {tuple(mask.shape)}")
+        return mask.to(like.dtype)
+
+    def num_parameters(self) -> int:
+        """The number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _build(config: VRNNConfig, kind: str, **shape_arguments: Any) -> nn.Module:
+    name = getattr(config, kind)
+    options = getattr(config, f"{kind}_options")
+    clash = sorted(set(options) & set(shape_arguments))
+    if clash:
+        raise ConfigError(f"{kind}_options may not set {', '.join(clash)}: the model sets it from the config")
+    try:
+        return build(kind, name, **shape_arguments, **options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"cannot build {kind} block {name!r} with options {options}: {error}") from None
+
+
+def _check_count(**counts: int) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
