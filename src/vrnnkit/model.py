@@ -240,8 +240,11 @@ class VRNN(nn.Module):
         """Run q over frame features (B, T, E) with posterior noise (T, B, Z): the time loop."""
         batch, steps = features.shape[:2]
         time_major = features.transpose(0, 1)
-        posterior_in = self.posterior.precompute(time_major)
-        rnn_in = self.rnn.precompute(time_major)
+        # unbind, not indexing: one backward node stacks the per-step gradients, where
+        # indexing would allocate and fill a whole (T, B, ...) gradient for every step.
+        posterior_in = self.posterior.precompute(time_major).unbind(0)
+        rnn_in = self.rnn.precompute(time_major).unbind(0)
+        noise = noise.unbind(0)
         if state is None:
             state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
         hs, means, stds, zs, fs = [], [], [], [], []

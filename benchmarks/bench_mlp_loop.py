@@ -1,0 +1,132 @@
+"""Training throughput of the MLP VRNN against a naive per-step implementation.
+
+The configuration is the classic small one: 28-dimensional frames (sequential MNIST rows),
+h 100, z 16, one-layer GRU, batch 128, 28 steps, Adam, gradient clipping before the step.
+The naive model, written here, has the same layers and the same parameter count but runs
+everything inside the time loop, encoder and decoder included, as the reference PyTorch VRNN
+does. Both are timed in the same process, in alternating rounds, and the script prints
+sequences per second for each and their ratio.
+
+    python benchmarks/bench_mlp_loop.py [--steps 30] [--rounds 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vrnnkit
+
+X_DIM, H_DIM, Z_DIM, BATCH, STEPS = 28, 100, 16, 128, 28
+
+
+class NaiveVRNN(nn.Module):
+    """Everything in the loop, like the reference implementation (with a Bernoulli decoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        h, z = H_DIM, Z_DIM
+        self.phi_x = nn.Sequential(nn.Linear(X_DIM, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.phi_z = nn.Sequential(nn.Linear(z, h), nn.ReLU())
+        self.enc = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.enc_mean = nn.Linear(h, z)
+        self.enc_std = nn.Sequential(nn.Linear(h, z), nn.Softplus())
+        self.prior = nn.Sequential(nn.Linear(h, h), nn.ReLU())
+        self.prior_mean = nn.Linear(h, z)
+        self.prior_std = nn.Sequential(nn.Linear(h, z), nn.Softplus())
+        self.dec = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.dec_logits = nn.Linear(h, X_DIM)
+        self.rnn = nn.GRU(2 * h, h, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        h = x.new_zeros(1, batch, H_DIM)
+        kl = nll = 0.0
+        for t in range(x.shape[1]):
+            phi_x_t = self.phi_x(x[:, t])
+            enc_t = self.enc(torch.cat([phi_x_t, h[-1]], 1))
+            enc_mean_t, enc_std_t = self.enc_mean(enc_t), self.enc_std(enc_t) + 1e-3
+            prior_t = self.prior(h[-1])
+            prior_mean_t, prior_std_t = self.prior_mean(prior_t), self.prior_std(prior_t) + 1e-3
+            z_t = enc_mean_t + enc_std_t * torch.randn_like(enc_std_t)
+            phi_z_t = self.phi_z(z_t)
+            logits_t = self.dec_logits(self.dec(torch.cat([phi_z_t, h[-1]], 1)))
+            _, h = self.rnn(torch.cat([phi_x_t, phi_z_t], 1).unsqueeze(0), h)
+            kl = kl + (
+                torch.log(prior_std_t) - torch.log(enc_std_t)
+                + (enc_std_t.pow(2) + (enc_mean_t - prior_mean_t).pow(2)) / (2 * prior_std_t.pow(2))
+                - 0.5
+            ).sum()
+            nll = nll + F.binary_cross_entropy_with_logits(logits_t, x[:, t], reduction="sum")
+        return (kl + nll) / batch
+
+
+def vrnnkit_model() -> vrnnkit.VRNN:
+    config = vrnnkit.VRNNConfig(
+        frame_shape=(X_DIM,), h_dim=H_DIM, z_dim=Z_DIM, encoder="mlp", decoder="mlp", likelihood="bernoulli"
+    )
+    return vrnnkit.VRNN(config)
+
+
+def make_step(model: nn.Module, loss_of) -> callable:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(x: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_of(model, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # before the step, where it acts
+        optimizer.step()
+
+    return step
+
+
+def seconds_per_step(step, x: torch.Tensor, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        step(x)
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="training steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    x = (torch.rand(BATCH, STEPS, X_DIM) > 0.5).float()
+    ours, naive = vrnnkit_model(), NaiveVRNN()
+    n_ours, n_naive = ours.num_parameters(), sum(p.numel() for p in naive.parameters())
+    assert n_ours == n_naive, f"parameter counts differ: vrnnkit {n_ours}, naive {n_naive}"
+    steps = {
+        "vrnnkit": make_step(ours, lambda m, x: m(x).loss),
+        "naive loop": make_step(naive, lambda m, x: m(x)),
+    }
+    for step in steps.values():  # warm-up: allocator, Adam state
+        seconds_per_step(step, x, 3)
+    timings: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            timings[name].append(seconds_per_step(step, x, args.steps))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {BATCH}, {STEPS} steps, "
+          f"x {X_DIM}, h {H_DIM}, z {Z_DIM}; {n_ours:,} parameters each")
+    rates = {}
+    for name, times in timings.items():
+        best, median = min(times), statistics.median(times)
+        rates[name] = BATCH / median
+        print(f"{name:>12}: {BATCH / median:8.0f} sequences/s (median of {args.rounds} rounds), "
+              f"{BATCH / best:8.0f} best, {1000 * median:6.1f} ms/step")
+    print(f"speed-up (median): {rates['vrnnkit'] / rates['naive loop']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

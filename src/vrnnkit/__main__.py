@@ -1,0 +1,3 @@
+from vrnnkit.cli import main
+
+main()
