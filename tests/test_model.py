@@ -8,6 +8,7 @@ from torch import distributions as D
 from torch import nn
 
 import vrnnkit
+import vrnnkit.fused
 from vrnnkit.errors import DataError
 
 
@@ -193,3 +194,33 @@ def test_training_learns_a_sequential_pattern(rnn, layers):
     # Marginals alone (p = 1/6 per element) give about 21.6 nats; beating that well means the
     # recurrence carries the position from step to step.
     assert model(x).loss.item() < 0.4 * first
+
+
+@pytest.mark.parametrize("posterior_layers", [1, 2, 3])
+def test_fused_time_loop_matches_autograd_in_loss_and_every_gradient(posterior_layers):
+    model = _mlp_model(h_dim=12, z_dim=3, frame_shape=(7,), likelihood="gaussian",
+                       posterior_options={"layers": posterior_layers}).double()
+    assert vrnnkit.fused.fused_filter_supported(model.posterior, model.rnn, model.phi_z)
+    x = torch.rand(5, 6, 7, dtype=torch.float64)
+    results = {}
+    for fused in (True, False):
+        model.fused_loop = fused
+        model.zero_grad()
+        out = model(x, free_bits=0.1, generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+        results[fused] = out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=0)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_fused_time_loop_is_used_only_where_it_applies():
+    supported = vrnnkit.fused.fused_filter_supported
+    assert supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,))))
+    assert not supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,), rnn="lstm")))
+    assert not supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,), rnn_layers=2)))
+    assert not supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,), posterior_options={"activation": "tanh"})))
+
+
+def _parts(model):
+    return model.posterior, model.rnn, model.phi_z

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from vrnnkit.config import VRNNConfig
 from vrnnkit.distributions import normal_kl, normal_log_prob, randn
 from vrnnkit.errors import ConfigError, DataError
+from vrnnkit.fused import fused_filter, fused_filter_supported
 from vrnnkit.registry import build
 
 
@@ -74,6 +75,9 @@ class _Filtered(NamedTuple):
 
 class VRNN(nn.Module):
     """A VRNN built from registered blocks, as ``config`` names them."""
+
+    fused_loop: bool = True
+    """Use the hand-written backward pass of ``vrnnkit.fused`` where the blocks allow it."""
 
     def __init__(self, config: VRNNConfig) -> None:
         super().__init__()
@@ -240,13 +244,17 @@ class VRNN(nn.Module):
         """Run q over frame features (B, T, E) with posterior noise (T, B, Z): the time loop."""
         batch, steps = features.shape[:2]
         time_major = features.transpose(0, 1)
+        if state is None:
+            state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
+        if self.fused_loop and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
+            posterior_in = self.posterior.precompute(time_major)
+            rnn_in = self.rnn.precompute(time_major)
+            return _Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state))
         # unbind, not indexing: one backward node stacks the per-step gradients, where
         # indexing would allocate and fill a whole (T, B, ...) gradient for every step.
         posterior_in = self.posterior.precompute(time_major).unbind(0)
         rnn_in = self.rnn.precompute(time_major).unbind(0)
         noise = noise.unbind(0)
-        if state is None:
-            state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
         hs, means, stds, zs, fs = [], [], [], [], []
         for t in range(steps):
             h = self.rnn.output(state)
