@@ -1,0 +1,181 @@
+"""Read video and sequence files: ``.npy``, ``.npz``, ``.gif`` and ``.mp4``.
+
+``.npy`` files are memory-mapped and read one sequence at a time; the other formats are read
+into memory (``.npz`` members may be compressed, ``.gif`` and ``.mp4`` must be decoded). Nothing
+is ever unpickled. Layouts follow :mod:`vrnnkit.data.layout`: pass ``layout=`` where a shape is
+ambiguous (the published Moving MNIST file ``mnist_test_seq.npy`` needs ``layout="TNHW"``).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from vrnnkit.data.checks import require_file
+from vrnnkit.data.sequences import SequenceArray
+from vrnnkit.errors import DataError
+
+VIDEO_SUFFIXES = (".gif", ".mp4")
+SUFFIXES = (".npy", ".npz", *VIDEO_SUFFIXES)
+# Lossy codecs (mp4) leave grey video with channels a few levels apart.
+_GREY_TOLERANCE = 3
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_sequences(
+    path: str | Path,
+    *,
+    layout: str | None = None,
+    key: str | None = None,
+    resize: tuple[int, int] | None = None,
+    grey: bool | None = None,
+) -> SequenceArray:
+    """Open a sequence or video file as a :class:`SequenceArray`, read lazily per sequence.
+
+    Args:
+        path: a ``.npy``, ``.npz``, ``.gif`` or ``.mp4`` file.
+        layout: the axes of the stored array (e.g. ``"NTHW"``, ``"TNHW"``, ``"NTD"``); guessed
+            from the shape when omitted, with a ``LayoutWarning`` if another layout would fit.
+        key: the array to read from a ``.npz`` holding several.
+        resize: a target ``(height, width)`` for frames.
+        grey: for ``.gif`` / ``.mp4``: True reads luminance, False keeps RGB, None (default)
+            reads grey when the three channels agree (within 3/255 for lossy mp4).
+
+    Raises:
+        DataError: the path is missing or not a file, the file is empty, corrupt or of an
+            unknown format, or its array is not a numeric, finite array that fits the layout.
+    """
+    path = Path(path)
+    _check_file(path)
+    suffix = path.suffix.lower()
+    if key is not None and suffix != ".npz":
+        raise DataError(f"{path}: key= applies to .npz files, found a {suffix} file")
+    if grey is not None and suffix not in VIDEO_SUFFIXES:
+        raise DataError(f"{path}: grey= applies to .gif and .mp4 files, found a {suffix} file")
+    if suffix == ".npy":
+        _check_npy(path)
+        return SequenceArray(npy_path=path, layout=layout, resize=resize)
+    if suffix == ".npz":
+        array = _read_npz(path, key)
+    else:
+        array = _read_video(path, grey)
+        layout = layout or ("THW" if array.ndim == 3 else "THWC")
+    return SequenceArray(array, layout=layout, source=str(path), resize=resize)
+
+
+def load_sequences(
+    path: str | Path,
+    *,
+    layout: str | None = None,
+    key: str | None = None,
+    resize: tuple[int, int] | None = None,
+    grey: bool | None = None,
+) -> np.ndarray:
+    """Read a whole file as float32 ``(N, T, C, H, W)`` frames in [0, 1] or ``(N, T, D)`` vectors.
+
+    uint8 values map to [0, 1] by /255; other dtypes keep their values. Same arguments and
+    errors as :func:`open_sequences`, which reads one sequence at a time instead.
+    """
+    return open_sequences(path, layout=layout, key=key, resize=resize, grey=grey).to_numpy()
+
+
+def _check_file(path: Path) -> None:
+    require_file(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(
+            f"{path}: expected one of {', '.join(SUFFIXES)}, found suffix {path.suffix!r}"
+        )
+
+
+def _check_npy(path: Path) -> None:
+    """Read the header of a .npy file, so that a wrong or truncated file gets a clear message."""
+    with path.open("rb") as file:
+        if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise DataError(
+                f"{path}: expected a NumPy .npy file, found a file that does not start with the "
+                "NumPy magic bytes (text or another format renamed to .npy?)"
+            )
+        file.seek(0)
+        try:
+            version = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(file)
+        except ValueError as err:
+            raise DataError(
+                f"{path}: expected a valid .npy header, found a damaged one ({err})"
+            ) from err
+        data_start = file.tell()
+    if dtype.hasobject:
+        raise DataError(
+            f"{path}: expected a numeric array, found an array of Python objects "
+            "(it would need unpickling, which vrnnkit never does)"
+        )
+    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    found = path.stat().st_size
+    if found < expected:
+        raise DataError(
+            f"{path}: expected {expected} bytes for a {dtype} array of shape {shape}, "
+            f"found {found} bytes (the file is truncated)"
+        )
+
+
+def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    with path.open("rb") as file:
+        if file.read(2) != b"PK":
+            raise DataError(
+                f"{path}: expected a NumPy .npz archive (a zip file), found a file that is not a zip"
+            )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise DataError(
+            f"{path}: expected a NumPy .npz archive, found an unreadable file ({err})"
+        ) from err
+    with archive:
+        keys = list(archive.files)
+        if key is None:
+            if len(keys) != 1:
+                raise DataError(
+                    f"{path}: expected a single array or key=, found {len(keys)} arrays: "
+                    f"{', '.join(keys) or '(none)'}"
+                )
+            key = keys[0]
+        if key not in keys:
+            raise DataError(f"{path}: expected an array named {key!r}, found {', '.join(keys)}")
+        try:
+            return archive[key]
+        except ValueError as err:  # object arrays refuse to load without pickle
+            raise DataError(
+                f"{path}: expected a numeric array under {key!r}, found one that needs "
+                f"unpickling, which vrnnkit never does ({err})"
+            ) from err
+
+
+def _read_video(path: Path, grey: bool | None) -> np.ndarray:
+    """Decode every frame as ``(T, H, W, 3)`` uint8, or ``(T, H, W)`` when read as grey."""
+    # Pillow decodes gif frames to a palette or RGBA unless asked for RGB; ffmpeg gives RGB.
+    options = {"mode": "RGB"} if path.suffix.lower() == ".gif" else {}
+    try:
+        frames = np.asarray(iio.imread(path, index=None, **options))
+    except Exception as err:  # decoders raise many types (OSError, SyntaxError, RuntimeError, ...)
+        raise DataError(
+            f"{path}: expected a readable {path.suffix} video, found a corrupt or unsupported file ({err})"
+        ) from err
+    if frames.ndim == 3:  # a single frame decodes without the time axis
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise DataError(f"{path}: expected RGB frames, decoded an array of shape {frames.shape}")
+    if grey is None:
+        spread = frames.max(axis=-1).astype(np.int16) - frames.min(axis=-1)
+        grey = int(spread.max()) <= _GREY_TOLERANCE
+    if not grey:
+        return frames
+    luminance = frames @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights
+    return np.clip(np.rint(luminance), 0, 255).astype(np.uint8)
