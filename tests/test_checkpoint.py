@@ -93,13 +93,13 @@ def _rewrite_header(source, **changes):
 def _corrupt_cases(tmp_path, saved):
     data = saved.read_bytes()
     cases = {}
-    cases["missing"] = (tmp_path / "absent.safetensors", "does not exist")
+    cases["missing"] = (tmp_path / "absent.safetensors", "found no such file or directory")
     folder = tmp_path / "folder.safetensors"
     folder.mkdir()
-    cases["folder"] = (folder, "is a folder")
+    cases["folder"] = (folder, "found a directory")
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
-    cases["empty"] = (empty, "empty")
+    cases["empty"] = (empty, "found an empty (0-byte) file")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(data[: len(data) // 2])
     cases["truncated"] = (truncated, "not a readable safetensors file")

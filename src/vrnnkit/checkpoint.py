@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from vrnnkit._version import __version__
 from vrnnkit.config import VRNNConfig
-from vrnnkit.errors import CheckpointError, VRNNKitError
+from vrnnkit.errors import CheckpointError, VRNNKitError, file_problem
 from vrnnkit.model import VRNN
 
 FORMAT_NAME = "vrnnkit"
@@ -134,12 +134,9 @@ def load(path: str | os.PathLike[str], device: str | torch.device | None = None)
 
 def _check_file(path: str | os.PathLike[str]) -> Path:
     source = Path(path)
-    if not source.exists():
-        raise CheckpointError(f"checkpoint {source} does not exist")
-    if source.is_dir():
-        raise CheckpointError(f"checkpoint {source} is a folder; expected a .safetensors file")
-    if source.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {source} is empty (0 bytes)")
+    problem = file_problem(source)
+    if problem:
+        raise CheckpointError(f"checkpoint {source}: expected a .safetensors file, found {problem}")
     return source
 
 

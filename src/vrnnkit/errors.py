@@ -6,6 +6,9 @@ expected. The command line turns them into a short message and an exit code, nev
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class VRNNKitError(Exception):
     """Base class of every error vrnnkit raises on purpose."""
@@ -28,3 +31,16 @@ class CheckpointError(VRNNKitError):
 
 class DataError(VRNNKitError, ValueError):
     """A data file or array cannot be used: wrong path, format, shape, dtype or values."""
+
+
+def file_problem(path: os.PathLike[str] | str) -> str | None:
+    """Why ``path`` cannot be read as a file, as a phrase ("no such file or directory", "a
+    directory", "an empty (0-byte) file"), or None when it is a non-empty file."""
+    path = Path(path)
+    if not path.exists():
+        return "no such file or directory"
+    if path.is_dir():
+        return "a directory"
+    if path.stat().st_size == 0:
+        return "an empty (0-byte) file"
+    return None
