@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from vrnnkit._atomic import atomic_path
 from vrnnkit._version import __version__
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, VRNNKitError, file_problem
@@ -26,41 +25,6 @@ from vrnnkit.model import VRNN
 FORMAT_NAME = "vrnnkit"
 FORMAT_VERSION = 1
 _RESERVED = ("format", "format_version", "vrnnkit_version", "config")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    A crash or an error at any moment leaves either the old file or the new one, never a
-    partial one: the temporary file is flushed to disk, then renamed over the target.
-    """
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save(model: VRNN, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> Path:

@@ -1,14 +1,23 @@
-"""The ``vrnnkit`` command line: a thin layer over the Python API."""
+"""The ``vrnnkit`` command line: a thin layer over the Python API.
+
+Commands parse their options, call the library and print. Errors a user can fix (a
+``VRNNKitError`` or a file-system error) become a short message and exit code 1, never a
+traceback; Typer reports bad options with exit code 2.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from vrnnkit._version import __version__
+from vrnnkit.errors import VRNNKitError
 
 app = typer.Typer(
     name="vrnnkit",
@@ -17,7 +26,32 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+data_app = typer.Typer(
+    help="Generate the built-in datasets as uint8 .npy files that every vrnnkit command reads.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(command: F) -> F:
+    """Turn the errors a user can fix into a message and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VRNNKitError as error:
+            errors.print(f"[red]error:[/red] {error}", highlight=False)
+        except OSError as error:
+            where = f" {error.filename}" if error.filename else ""
+            errors.print(f"[red]error:[/red] cannot write{where}: {error.strerror or error}", highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _show_version(value: bool) -> None:
@@ -47,6 +81,99 @@ def blocks() -> None:
     for kind, names in list_blocks().items():
         table.add_row(kind, ", ".join(names))
     console.print(table)
+
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write (uint8, (N, T, H, W)).")]
+Count = Annotated[int, typer.Option(min=1, help="Number of sequences.")]
+Length = Annotated[int, typer.Option(min=1, help="Frames per sequence.")]
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")]
+
+
+@data_app.command("bouncing-balls")
+@friendly_errors
+def data_bouncing_balls(
+    out: Out,
+    count: Count = 1000,
+    length: Length = 20,
+    balls: Annotated[int, typer.Option(min=1, help="Balls per sequence.")] = 3,
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels.")] = 32,
+    seed: Seed = 0,
+) -> None:
+    """Bouncing balls (Sutskever et al.): the embedded default dataset."""
+    import numpy as np
+
+    from vrnnkit.data import bouncing_balls
+
+    rng = np.random.default_rng(seed)
+    _write_in_chunks(
+        out, count, (length, size, size),
+        lambda n: np.rint(bouncing_balls(n, length=length, n_balls=balls, size=size, seed=rng) * 255).astype(np.uint8),
+    )
+
+
+@data_app.command("moving-mnist")
+@friendly_errors
+def data_moving_mnist(
+    out: Out,
+    mnist_dir: Annotated[Path, typer.Option(help="Folder with the MNIST IDX files (.gz or raw).")],
+    split: Annotated[str, typer.Option(help="Which MNIST files to read: train or test.")] = "test",
+    digit_start: Annotated[int, typer.Option(min=0, help="First digit image to use (index).")] = 0,
+    digit_stop: Annotated[Optional[int], typer.Option(help="Stop before this digit image; all by default.")] = None,  # noqa: UP045
+    stochastic: Annotated[bool, typer.Option(help="Draw a new velocity at each wall hit (SRVP's stochastic variant).")] = False,
+    count: Count = 1000,
+    length: Length = 20,
+    digits: Annotated[int, typer.Option(min=1, help="Digits per video.")] = 2,
+    canvas: Annotated[int, typer.Option(min=29, help="Canvas side in pixels.")] = 64,
+    seed: Seed = 0,
+) -> None:
+    """Moving MNIST from your MNIST files; pick disjoint digit ranges for training and test."""
+    import numpy as np
+
+    from vrnnkit.data import load_mnist, moving_mnist
+
+    images, _ = load_mnist(mnist_dir, split=split)
+    stop = len(images) if digit_stop is None else digit_stop
+    if not digit_start < stop <= len(images):
+        raise typer.BadParameter(
+            f"the digit range {digit_start}:{stop} must be non-empty and within the {len(images)} images",
+            param_hint="--digit-start/--digit-stop",
+        )
+    rng = np.random.default_rng(seed)
+    _write_in_chunks(
+        out, count, (length, canvas, canvas),
+        lambda n: moving_mnist(
+            images, n, length=length, num_digits=digits, canvas_size=canvas,
+            stochastic=stochastic, indices=np.arange(digit_start, stop), seed=rng,
+        ),
+    )
+
+
+_CHUNK = 500  # sequences per generator call: the progress bar's unit, and part of the seed's meaning
+
+
+def _write_in_chunks(out: Path, count: int, frame_shape: tuple[int, ...], generate: Callable[[int], Any]) -> None:
+    """Fill a uint8 (count, *frame_shape) .npy file chunk by chunk, atomically, with progress."""
+    import numpy as np
+    from numpy.lib.format import open_memmap
+    from rich.progress import Progress
+
+    from vrnnkit._atomic import atomic_path
+
+    if out.suffix != ".npy":
+        raise typer.BadParameter(f"expected a path ending in .npy, got {out}", param_hint="--out")
+    if not out.parent.is_dir():
+        raise typer.BadParameter(f"folder {out.parent} does not exist", param_hint="--out")
+    with atomic_path(out) as tmp:
+        array = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, *frame_shape))
+        with Progress(console=errors, transient=True, disable=count <= _CHUNK) as progress:
+            task = progress.add_task(f"writing {out.name}", total=count)
+            for start in range(0, count, _CHUNK):
+                n = min(_CHUNK, count - start)
+                array[start : start + n] = generate(n)
+                progress.advance(task, n)
+        array.flush()
+        del array
+    console.print(f"wrote {out}: {count} sequences of shape {frame_shape}, uint8")
 
 
 def main() -> None:
