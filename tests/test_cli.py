@@ -92,6 +92,6 @@ def test_data_command_reports_a_full_disk_and_leaves_no_partial_file(tmp_path, m
 
 def test_data_moving_mnist_with_a_missing_folder_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["data", "moving-mnist", "--mnist-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "m.npy")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "expected a folder holding the MNIST files" in result.output
     assert "Traceback" not in result.output

@@ -1,13 +1,15 @@
 """The ``vrnnkit`` command line: a thin layer over the Python API.
 
-Commands parse their options, call the library and print. Errors a user can fix (a
-``VRNNKitError`` or a file-system error) become a short message and exit code 1, never a
-traceback; Typer reports bad options with exit code 2.
+Commands parse their options, call the library and print. Exit codes: 0 success, 2 bad usage
+(a bad option value, config file, data file or checkpoint), 1 a failure while running (a
+non-finite loss, a full disk), 130 interrupted. Messages go to stderr; a traceback only with
+``--debug`` or ``VRNNKIT_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -38,20 +40,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def friendly_errors(command: F) -> F:
-    """Turn the errors a user can fix into a message and exit code 1."""
+    """Turn the errors a user can fix into a message and an exit code: 2 for bad input, 1 for
+    a failure while running."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vrnnkit.training import TrainingError
+
+        if os.environ.get("VRNNKIT_DEBUG") == "1":
+            return command(*args, **kwargs)
         try:
             return command(*args, **kwargs)
+        except TrainingError as error:
+            _error(str(error))
+            code = 1
         except VRNNKitError as error:
-            errors.print(f"[red]error:[/red] {error}", highlight=False)
+            _error(str(error))
+            code = 2
         except OSError as error:
             where = f" {error.filename}" if error.filename else ""
-            errors.print(f"[red]error:[/red] cannot write{where}: {error.strerror or error}", highlight=False)
-        raise typer.Exit(1)
+            _error(f"cannot write{where}: {error.strerror or error}")
+            code = 1
+        raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error(message: str) -> None:
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
 
 
 def _show_version(value: bool) -> None:
@@ -66,8 +82,15 @@ def main_options(
         Optional[bool],  # noqa: UP045 (typer reads the annotation at run time on Python 3.10)
         typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
     ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also VRNNKIT_DEBUG=1).")] = False,
 ) -> None:
-    """Variational recurrent neural networks (VRNN) for sequences and video."""
+    """Variational recurrent neural networks (VRNN) for sequences and video.
+
+    Start with `vrnnkit train`: it trains a VRNN on generated bouncing balls and writes a run
+    folder under runs/ with the model, its metrics and a GIF of sampled clips.
+    """
+    if debug:
+        os.environ["VRNNKIT_DEBUG"] = "1"
 
 
 @app.command()
@@ -174,6 +197,9 @@ def _write_in_chunks(out: Path, count: int, frame_shape: tuple[int, ...], genera
         array.flush()
         del array
     console.print(f"wrote {out}: {count} sequences of shape {frame_shape}, uint8")
+
+
+from vrnnkit import cli_train  # noqa: E402,F401  (registers `vrnnkit train`)
 
 
 def main() -> None:

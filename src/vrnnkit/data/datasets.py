@@ -81,7 +81,8 @@ class WindowDataset(Dataset):
             start = int(torch.randint(self.sequences.num_frames - self.seq_len + 1, ()))
         else:
             sequence, start = (int(value) for value in self._windows[item])
-        return torch.from_numpy(self.sequences.window(sequence, start, self.seq_len))
+        window = self.sequences.window(sequence, start, self.seq_len)
+        return torch.from_numpy(np.require(window, requirements="W"))  # a read-only map needs a copy
 
 
 def train_val_split(

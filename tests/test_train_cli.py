@@ -1,0 +1,126 @@
+"""``vrnnkit train`` through the CLI runner, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import vrnnkit
+from vrnnkit.cli import app
+
+runner = CliRunner()
+TINY = ["--steps", "4", "--every", "2", "--h-dim", "12", "--z-dim", "3", "--seq-len", "4",
+        "--batch-size", "4", "--val-fraction", "0.2"]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text('num_sequences = 24\n[block_options.encoder]\nchannels = 4\n[block_options.decoder]\nchannels = 4\n')
+    return path
+
+
+def _train(*args):
+    return runner.invoke(app, ["train", *args], env={"COLUMNS": "200"})
+
+
+def test_help_of_every_command_exits_0():
+    for command in ([], ["train"], ["data"], ["data", "bouncing-balls"], ["data", "moving-mnist"], ["blocks"]):
+        result = runner.invoke(app, [*command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Usage" in result.output
+
+
+def test_a_tiny_run_writes_every_file_of_the_run_folder(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    for name in ("model.safetensors", "trainer.safetensors", "config.json", "metrics.jsonl", "samples.gif"):
+        assert (out / name).is_file(), name
+    model = vrnnkit.load(out / "model.safetensors")
+    assert model.config.frame_shape == (1, 32, 32) and model.config.h_dim == 12
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert {"loss", "nll", "kl", "lr", "sequences_per_s", "val_loss", "val_bits_per_dim"} <= set(records[-1])
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["steps"] == 4 and config["train"]["num_sequences"] == 24
+    assert config["model"]["encoder"] == "conv"
+    assert "step 4/4" in result.output
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_config):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _train(*TINY, "--steps", "6", "--config", str(tiny_config), "--out", str(straight)).exit_code == 0
+    assert _train(*TINY, "--steps", "2", "--config", str(tiny_config), "--out", str(split)).exit_code == 0
+    result = _train("--resume", str(split), "--steps", "6")
+    assert result.exit_code == 0, result.output
+    a = vrnnkit.load(straight / "model.safetensors").state_dict()
+    b = vrnnkit.load(split / "model.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert _train(*TINY, "--config", str(tiny_config), "--out", str(out)).exit_code == 0
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(out))
+    assert result.exit_code == 2
+    assert "already holds a run" in result.output
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("stpes = 3\n", "unknown options: stpes"),
+        ("steps = 'many'\n", "option 'steps' must be"),
+        ("steps = [\n", "not valid TOML"),
+        ("h_dim = 0\n", "expected positive whole numbers, got h_dim=0"),
+    ],
+)
+def test_a_bad_config_file_exits_2_with_the_reason(tmp_path, toml, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    result = _train("--config", str(path), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_block_name_lists_the_registered_ones(tmp_path):
+    result = _train("--decoder", "deconv", "--out", str(tmp_path / "run"), "--steps", "1")
+    assert result.exit_code == 2
+    assert "unknown decoder block 'deconv'" in result.output and "convT, mlp" in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_device_cuda_without_a_gpu_fails_in_one_line(tmp_path):
+    result = _train("--device", "cuda", "--out", str(tmp_path / "run"), "--steps", "1")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["error: --device cuda: no CUDA GPU is available to this PyTorch build on this machine"]
+
+
+def test_missing_data_file_and_bad_option_values(tmp_path):
+    result = _train(str(tmp_path / "clips.npy"), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "no such file" in result.output
+    result = _train("--batch-size", "-1")
+    assert result.exit_code == 2
+    result = _train("--seq-len", "0")
+    assert result.exit_code == 2
+
+
+def test_vector_data_file_trains_with_mlp_blocks(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "walks.npy"
+    np.save(data, (np.random.default_rng(0).random((20, 12, 5)) > 0.5).astype(np.float32))
+    out = tmp_path / "run"
+    result = _train(str(data), "--layout", "NTD", "--out", str(out), *TINY)
+    assert result.exit_code == 0, result.output
+    model = vrnnkit.load(out / "model.safetensors")
+    assert model.config.frame_shape == (5,) and model.config.encoder == "mlp"
+    assert not (out / "samples.gif").exists()
