@@ -124,3 +124,73 @@ def test_vector_data_file_trains_with_mlp_blocks(tmp_path):
     model = vrnnkit.load(out / "model.safetensors")
     assert model.config.frame_shape == (5,) and model.config.encoder == "mlp"
     assert not (out / "samples.gif").exists()
+
+
+def _nan_at(monkeypatch, bad_call: int) -> None:
+    """Make the model's loss NaN on its ``bad_call``-th training forward."""
+    from vrnnkit.model import VRNN
+
+    original = VRNN.forward
+    calls = {"n": 0}
+
+    def forward(self, x, **kwargs):
+        out = original(self, x, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == bad_call:
+                out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(VRNN, "forward", forward)
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_config, monkeypatch):
+    _nan_at(monkeypatch, 3)
+    out = tmp_path / "run"
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(out))
+    assert result.exit_code == 1
+    assert "not finite at step 3" in result.output and "--skip-nonfinite" in result.output
+    model = vrnnkit.load(out / "model.safetensors")
+    assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == "2"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_nonfinite_skips_the_bad_step_and_finishes(tmp_path, tiny_config, monkeypatch):
+    _nan_at(monkeypatch, 3)
+    out = tmp_path / "run"
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(out), "--skip-nonfinite")
+    assert result.exit_code == 0, result.output
+    assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == "4"
+    assert all(torch.isfinite(p).all() for p in vrnnkit.load(out / "model.safetensors").parameters())
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_config):
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(tmp_path / "run"), "--precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert all(torch.isfinite(p).all() for p in vrnnkit.load(tmp_path / "run" / "model.safetensors").parameters())
+
+
+def test_ctrl_c_saves_the_run_and_says_how_to_resume(tmp_path, tiny_config):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vrnnkit", "train", *TINY, "--steps", "100000", "--config", str(tiny_config), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training never logged"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"continue with: vrnnkit train --resume {out}" in stderr
+    step = int(vrnnkit.read_metadata(out / "model.safetensors")["step"])
+    assert step >= 2
+    resumed = _train("--resume", str(out), "--steps", str(step + 2))
+    assert resumed.exit_code == 0, resumed.output
+    assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == str(step + 2)

@@ -84,7 +84,10 @@ def train(
     if resume is None:
         _link_latest(run_dir)
     if result.interrupted:
-        errors.print(f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}")
+        errors.print(
+            f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}",
+            soft_wrap=True, highlight=False,
+        )
         raise typer.Exit(130)
     _summary(result, run_dir)
 

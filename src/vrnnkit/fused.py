@@ -35,7 +35,7 @@ def fused_filter_supported(posterior: nn.Module, rnn: nn.Module, phi_z: nn.Modul
         and isinstance(phi_z, nn.Sequential)
         and len(phi_z) == 2
         and isinstance(phi_z[1], nn.ReLU)
-        and not torch.is_autocast_enabled()
+        and not any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
     )
 
 
