@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/train_synthetic.py
+	$(VENV)/bin/vrnnkit train
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -194,3 +194,11 @@ def test_ctrl_c_saves_the_run_and_says_how_to_resume(tmp_path, tiny_config):
     resumed = _train("--resume", str(out), "--steps", str(step + 2))
     assert resumed.exit_code == 0, resumed.output
     assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == str(step + 2)
+
+
+def test_compile_option_compiles_the_batched_blocks(tmp_path, tiny_config, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    result = _train(*TINY, "--config", str(tiny_config), "--out", str(tmp_path / "run"), "--compile")
+    assert result.exit_code == 0, result.output
+    assert compiled == ["ConvEncoder", "ConvTransposeDecoder"]

@@ -58,9 +58,12 @@ def friendly_errors(command: F) -> F:
             _error(str(error))
             code = 2
         except OSError as error:
-            where = f" {error.filename}" if error.filename else ""
-            _error(f"cannot write{where}: {error.strerror or error}")
+            where = f": {error.filename}" if error.filename else ""
+            _error(f"{error.strerror or error}{where}")
             code = 1
+        except KeyboardInterrupt:  # outside a training loop, which handles Ctrl-C itself
+            _error("interrupted")
+            code = 130
         raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]

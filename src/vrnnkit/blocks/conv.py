@@ -74,7 +74,7 @@ class ConvEncoder(nn.Module):
         self,
         frame_shape: tuple[int, ...],
         out_dim: int,
-        channels: int = 32,
+        channels: int = 16,
         max_channels: int = 256,
         activation: str = "leaky_relu",
     ) -> None:
@@ -104,7 +104,7 @@ class ConvTransposeDecoder(nn.Module):
         h_dim: int,
         frame_shape: tuple[int, ...],
         params_per_element: int,
-        channels: int = 32,
+        channels: int = 16,
         max_channels: int = 256,
         activation: str = "leaky_relu",
     ) -> None:
