@@ -258,7 +258,7 @@ def train(
     metrics: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     timings = {"loop": 0.0, "model": 0.0, "periodic": 0.0}
-    loop_start = time.perf_counter()
+    loop_start = last_live = time.perf_counter()
     with stop:
         for epoch, batch in _batches(training, config, step, batches_per_epoch, total):
             model_start = time.perf_counter()
@@ -303,7 +303,10 @@ def train(
                     on_log({**metrics, "total": total})
                 timings["periodic"] += time.perf_counter() - periodic_start
                 window_start, window_steps = time.perf_counter(), 0
-            elif on_log:
+            elif on_log and time.perf_counter() - last_live > 0.25:
+                # Live figures for a progress bar, a few times a second: .item() waits for the
+                # device, which every step would slow a GPU down.
+                last_live = time.perf_counter()
                 on_log({"step": step, "total": total, "loss": out_.loss.item(), "nll": out_.nll.item(), "kl": out_.kl.item(), "live": True})
             if stop.raised:
                 break
