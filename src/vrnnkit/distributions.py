@@ -8,6 +8,7 @@ numbers is ever formed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,28 +42,29 @@ def normal_kl(mean_q: Tensor, std_q: Tensor, mean_p: Tensor, std_p: Tensor) -> T
 
 
 def randn(
-    shape: tuple[int, ...],
-    *,
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
+    shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     """Standard-normal noise, drawn on the generator's own device and then moved.
 
     A CPU generator therefore drives a CUDA model too, and a seed gives the same draws on
     every device.
     """
-    source = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand(
+    shape: tuple[int, ...], *, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Uniform [0, 1) noise, drawn like ``randn``."""
+    return _draw(torch.rand, shape, generator, device, dtype)
+
+
+def _draw(
+    sampler: Callable[..., Tensor],
     shape: tuple[int, ...],
-    *,
     generator: torch.Generator | None,
     device: torch.device,
     dtype: torch.dtype,
 ) -> Tensor:
-    """Uniform [0, 1) noise, drawn like ``randn``."""
     source = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=source, dtype=dtype).to(device)
+    return sampler(shape, generator=generator, device=source, dtype=dtype).to(device)
