@@ -17,7 +17,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     partial one: the temporary file is flushed to disk, then renamed over the target.
     """
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # The temporary name keeps the extension, for writers that pick a format by it (ffmpeg).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -124,3 +124,27 @@ def _check_header(source: Path, metadata: Mapping[str, str]) -> None:
 def _reason(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+def find_checkpoint(path: str | os.PathLike[str] | None = None, runs: str | os.PathLike[str] = "runs") -> Path:
+    """The checkpoint a command should use: ``path`` itself (a file), its ``model.safetensors``
+    (a run folder), or, with no path, the newest run under ``runs``."""
+    if path is not None:
+        candidate = Path(path)
+        if candidate.is_dir():
+            inner = candidate / "model.safetensors"
+            if not inner.is_file():
+                raise CheckpointError(f"run folder {candidate} holds no model.safetensors")
+            return inner
+        _check_file(candidate)
+        return candidate
+    runs = Path(runs)
+    latest = runs / "latest" / "model.safetensors"
+    if latest.is_file():
+        return latest
+    found = sorted(runs.glob("*/model.safetensors"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    if not found:
+        raise CheckpointError(
+            f"no trained model in ./{runs}; train one with `vrnnkit train` or pass --ckpt PATH"
+        )
+    return found[-1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
@@ -50,7 +51,10 @@ def friendly_errors(command: F) -> F:
         if os.environ.get("VRNNKIT_DEBUG") == "1":
             return command(*args, **kwargs)
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                # A library warning (an ambiguous layout, say) reaches the user as a note.
+                warnings.showwarning = _note
+                return command(*args, **kwargs)
         except TrainingError as error:
             _error(str(error))
             code = 1
@@ -67,6 +71,10 @@ def friendly_errors(command: F) -> F:
         raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _note(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    errors.print(f"note: {message}", highlight=False, soft_wrap=True)
 
 
 def _error(message: str) -> None:
@@ -202,7 +210,7 @@ def _write_in_chunks(out: Path, count: int, frame_shape: tuple[int, ...], genera
     console.print(f"wrote {out}: {count} sequences of shape {frame_shape}, uint8")
 
 
-from vrnnkit import cli_train  # noqa: E402,F401  (registers `vrnnkit train`)
+from vrnnkit import cli_infer, cli_train  # noqa: E402,F401  (they register their commands)
 
 
 def main() -> None:

@@ -138,34 +138,58 @@ class TrainResult:
 # ----------------------------------------------------------------------------- data
 
 
-def build_dataset(config: TrainConfig) -> tuple[Dataset, Dataset | None, tuple[int, ...]]:
-    """The training and validation windows and the frame shape, from ``config.data``."""
-    from vrnnkit.data import SequenceArray, WindowDataset, open_sequences, train_val_split
+MNIST_TRAIN_DIGITS = 8000  # of the 10,000 test digits: the first for training, the rest held out
 
-    rng = np.random.default_rng(config.seed)
-    if config.data == "bouncing-balls":
+
+def open_source(
+    data: str,
+    *,
+    count: int,
+    length: int,
+    seed: int,
+    mnist_dir: str | None = None,
+    layout: str | None = None,
+    held_out: bool = False,
+) -> Any:
+    """The sequences a data argument names, as a ``vrnnkit.data.SequenceArray``.
+
+    Built-in datasets are generated (``count`` sequences of ``length`` frames); ``held_out``
+    gives evaluation data that training never sees: other random draws for bouncing balls,
+    the last 2,000 MNIST digits for the MNIST datasets. Anything else is a file.
+    """
+    from vrnnkit.data import SequenceArray, open_sequences
+
+    rng = np.random.default_rng([seed, 1] if held_out else seed)
+    if data == "bouncing-balls":
         from vrnnkit.data import bouncing_balls
 
-        videos = bouncing_balls(config.num_sequences, length=config.seq_len, size=32, seed=rng)
-        sequences = SequenceArray(np.rint(videos * 255).astype(np.uint8), layout="NTHW", source="bouncing-balls")
-    elif config.data in ("moving-mnist", "seq-mnist"):
+        videos = bouncing_balls(count, length=length, size=32, seed=rng)
+        return SequenceArray(np.rint(videos * 255).astype(np.uint8), layout="NTHW", source="bouncing-balls")
+    if data in ("moving-mnist", "seq-mnist"):
         from vrnnkit.data import load_mnist, moving_mnist, sequential_mnist
 
-        if config.mnist_dir is None:
-            raise ConfigError(f"data {config.data!r} needs mnist_dir (--mnist-dir): a folder with the MNIST IDX files")
-        images, _ = load_mnist(config.mnist_dir, split="test")
-        if config.data == "moving-mnist":
-            videos = moving_mnist(images, config.num_sequences, length=config.seq_len, stochastic=True, seed=rng)
-            sequences = SequenceArray(videos, layout="NTHW", source="moving-mnist")
-        else:
-            sequences = SequenceArray(sequential_mnist(images), layout="NTD", source="seq-mnist")
-    else:
-        path = Path(config.data)
-        if not path.exists() and "." not in path.name:
-            raise ConfigError(
-                f"data {config.data!r} is neither a file nor a built-in dataset ({', '.join(BUILTIN_DATA)})"
-            )
-        sequences = open_sequences(path, layout=config.layout)
+        if mnist_dir is None:
+            raise ConfigError(f"data {data!r} needs --mnist-dir: a folder with the MNIST IDX files")
+        images, _ = load_mnist(mnist_dir, split="test")
+        digits = np.arange(MNIST_TRAIN_DIGITS, len(images)) if held_out else np.arange(min(MNIST_TRAIN_DIGITS, len(images)))
+        if data == "moving-mnist":
+            videos = moving_mnist(images, count, length=length, stochastic=True, indices=digits, seed=rng)
+            return SequenceArray(videos, layout="NTHW", source="moving-mnist")
+        return SequenceArray(sequential_mnist(images[digits]), layout="NTD", source="seq-mnist")
+    path = Path(data)
+    if not path.exists() and "." not in path.name:
+        raise ConfigError(f"data {data!r} is neither a file nor a built-in dataset ({', '.join(BUILTIN_DATA)})")
+    return open_sequences(path, layout=layout)
+
+
+def build_dataset(config: TrainConfig) -> tuple[Dataset, Dataset | None, tuple[int, ...]]:
+    """The training and validation windows and the frame shape, from ``config.data``."""
+    from vrnnkit.data import WindowDataset, train_val_split
+
+    sequences = open_source(
+        config.data, count=config.num_sequences, length=config.seq_len, seed=config.seed,
+        mnist_dir=config.mnist_dir, layout=config.layout,
+    )
     if config.val_fraction > 0 and len(sequences) >= 2:
         train_ids, val_ids = train_val_split(len(sequences), config.val_fraction, seed=config.seed)
         validation = WindowDataset(sequences, config.seq_len, indices=val_ids)
@@ -350,26 +374,10 @@ def evaluate_loss(model: VRNN, dataset: Dataset, config: TrainConfig, device: to
 
 
 def write_samples_gif(model: VRNN, path: Path, *, steps: int, seed: int, num: int = 8) -> None:
-    """A looping GIF of ``num`` sampled clips side by side (image models)."""
-    import imageio.v3 as iio
+    """A looping GIF of ``num`` clips sampled from the prior, side by side (image models)."""
+    from vrnnkit.render import write_clips
 
-    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed)).float().clamp(0, 1).cpu()
-    scale = max(1, 96 // clips.shape[-2])  # small frames are enlarged (nearest) to be seen
-    frames = []
-    for t in range(steps):
-        row = torch.cat([_to_hwc(clips[i, t]) for i in range(num)], dim=1)
-        row = row.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-        frames.append((row * 255).round().to(torch.uint8).numpy())
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=120, loop=0)
-
-
-def _to_hwc(frame: torch.Tensor) -> torch.Tensor:
-    frame = frame.permute(1, 2, 0)
-    if frame.shape[-1] == 1:
-        frame = frame.expand(-1, -1, 3)
-    frame = torch.nn.functional.pad(frame, (0, 0, 1, 1, 1, 1), value=1.0)  # a white border
-    return frame[..., :3]
+    write_clips(path, model.sample(num, steps, generator=torch.Generator().manual_seed(seed)))
 
 
 def _save_state(run_dir: Path, model: VRNN, optimizer: torch.optim.Optimizer, noise: torch.Generator, step: int, epoch: int, config: TrainConfig) -> None:
