@@ -11,8 +11,8 @@ depend on the weights).
     peak depends on the batch and chunk sizes, not on the number of sequences; the time grows
     linearly with it, so the default is 32 sequences (about 1.5 minutes on a 2-core CPU),
     not 256 (about 11 minutes): pass --iwae-sequences 256 for the full size.
-(c) growth: IWAE time for two K values and two sequence counts, to check that the cost is
-    linear in both (time / (sequences x K) stays flat).
+(c) growth: IWAE time for two K values and two sequence counts at a fixed chunk size, to
+    check that the cost is linear in both (time / (sequences x K) stays flat).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--growth-k", type=int, nargs=2, default=[25, 50])
     parser.add_argument("--growth-sequences", type=int, nargs=2, default=[16, 32])
+    parser.add_argument("--growth-chunk-size", type=int, default=5,
+                        help="a fixed chunk size for (c), dividing both K values, so that only K and the sequence count vary")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
 
@@ -52,10 +54,12 @@ def main() -> None:
     model = vrnnkit.VRNN(vrnnkit.VRNNConfig(frame_shape=(1, args.size, args.size))).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default conv VRNN at "
           f"{args.size}x{args.size}, {model.num_parameters():,} parameters")
-    if "iwae" in parts:  # first, so that its memory peak is its own
-        bench_iwae(model, args)
+    # predict first: after (b)'s multi-GB chunks, glibc hands memory back and forth with the
+    # kernel and later timings suffer from page faults. (b) resets the peak it reports.
     if "predict" in parts:
         bench_predict(model, args)
+    if "iwae" in parts:
+        bench_iwae(model, args)
     if "growth" in parts:
         bench_growth(model, args)
 
@@ -115,20 +119,24 @@ def bench_iwae(model: vrnnkit.VRNN, args: argparse.Namespace) -> None:
 
 
 def bench_growth(model: vrnnkit.VRNN, args: argparse.Namespace) -> None:
-    print(f"\n(c) IWAE cost growth ({args.seq_len} frames, batch {args.batch_size}):")
+    chunk = args.growth_chunk_size
+    print(f"\n(c) IWAE cost growth ({args.seq_len} frames, batch {args.batch_size}, chunks of {chunk} samples):")
     print("    sequences      K   seconds   ms per (sequence x K)")
     for sequences in args.growth_sequences:
         for k in args.growth_k:
-            seconds = _time_iwae(model, sequences, k, args)
+            seconds = _time_iwae(model, sequences, k, args, chunk)
             print(f"    {sequences:9d} {k:6d} {seconds:9.2f} {1000 * seconds / (sequences * k):12.2f}")
 
 
-def _time_iwae(model: vrnnkit.VRNN, sequences: int, k: int, args: argparse.Namespace) -> float:
+def _time_iwae(
+    model: vrnnkit.VRNN, sequences: int, k: int, args: argparse.Namespace, chunk_size: int | None = None
+) -> float:
     data = torch.rand(sequences, args.seq_len, 1, args.size, args.size)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for first in range(0, sequences, args.batch_size):
-        model.log_likelihood(data[first : first + args.batch_size], k, chunk_size=args.chunk_size, generator=generator)
+        batch = data[first : first + args.batch_size]
+        model.log_likelihood(batch, k, chunk_size=chunk_size or args.chunk_size, generator=generator)
     return time.perf_counter() - start
 
 

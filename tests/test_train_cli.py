@@ -78,7 +78,8 @@ def test_an_existing_run_is_not_overwritten_without_resume(tmp_path, tiny_config
         ("stpes = 3\n", "unknown options: stpes"),
         ("steps = 'many'\n", "option 'steps' must be"),
         ("steps = [\n", "not valid TOML"),
-        ("h_dim = 0\n", "expected positive whole numbers, got h_dim=0"),
+        ("h_dim = 0\n", "got h_dim=0"),
+        ("seed = -1\n", "got seed=-1"),
     ],
 )
 def test_a_bad_config_file_exits_2_with_the_reason(tmp_path, toml, message):

@@ -120,7 +120,7 @@ def blocks() -> None:
 Out = Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write (uint8, (N, T, H, W)).")]
 Count = Annotated[int, typer.Option(min=1, help="Number of sequences.")]
 Length = Annotated[int, typer.Option(min=1, help="Frames per sequence.")]
-Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")]
+Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same file.")]
 
 
 @data_app.command("bouncing-balls")

@@ -14,7 +14,7 @@ from vrnnkit.errors import ConfigError, DataError
 Opt = Optional  # typer reads the annotations at run time, where Python 3.10 has no "X | None"
 
 Ckpt = Annotated[Opt[Path], typer.Option(help="A .safetensors checkpoint or a run folder (default: the newest run in ./runs).", show_default=False)]
-Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same output.")]
+Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same output.")]
 Mean = Annotated[bool, typer.Option("--mean/--random", help="Frames are the likelihood's mean, or draws from it.")]
 
 

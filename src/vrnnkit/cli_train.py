@@ -51,7 +51,7 @@ def train(
     free_bits: Annotated[Opt[float], _option("Floor, in nats, on each step's KL in the loss (default 0).", min=0.0)] = None,
     seq_len: Annotated[Opt[int], _option("Frames per training window (default 10).", min=1)] = None,
     val_fraction: Annotated[Opt[float], _option("Share of sequences held out for validation (default 0.1).", min=0.0, max=0.99)] = None,
-    seed: Annotated[Opt[int], _option("Random seed (default 0).")] = None,
+    seed: Annotated[Opt[int], _option("Random seed (default 0).", min=0)] = None,
     device: Annotated[Opt[str], _option("auto, cpu, cuda or mps (default auto).")] = None,
     precision: Annotated[Opt[str], _option("fp32, bf16 or fp16 autocast (default fp32).")] = None,
     workers: Annotated[Opt[int], _option("DataLoader worker processes (default 0).", min=0)] = None,

@@ -56,7 +56,8 @@ The schema of ``evaluate`` (and of ``vrnnkit eval --json``). Nats are natural-lo
     }
 
 A ``{"mean", "ci95", "per_step"}`` entry: ``per_step`` is the metric at each predicted step
-averaged over sequences (``horizon`` values); ``mean`` is the average of each sequence's
+averaged over sequences (``horizon`` values; for ``best_of_n``, of the sample chosen on its
+average over the steps, so one step may fall below ``mean_of_n``); ``mean`` is the average of each sequence's
 metric over the predicted steps, averaged over sequences; ``ci95`` is 1.96 x the standard
 deviation of those per-sequence averages / sqrt(num_sequences) (the population standard
 deviation, as SRVP's ``numpy.std``). A skipped ``prediction`` holds only ``skipped``,
@@ -147,7 +148,7 @@ def _ssim_chunk(x: Tensor, y: Tensor, band_h: Tensor, band_w: Tensor) -> Tensor:
     The Gaussian window is separable, so each local mean is two banded matrix products:
     ``band_h @ frame @ band_w.T``, several times faster on a CPU than an 11x11 convolution.
     float64 because the local variances are ``E[x^2] - E[x]^2``: in float32 that cancels in
-    flat regions, and SSIM drifts by up to 1e-5.
+    flat regions, and SSIM drifts by up to about 1e-5.
     """
     x, y = x.double(), y.double()
     n, _, height, width = x.shape
@@ -227,12 +228,14 @@ def _prediction_curves(predictions: Tensor, truth: Tensor, last_context: Tensor)
     _check_prediction_shapes(predictions, truth, last_context)
     predictions = predictions.clamp(0.0, 1.0)
     baseline = last_context.unsqueeze(1).expand_as(truth)
+    metrics = (("psnr", psnr), ("ssim", ssim))
     curves = {}
-    for name, metric in (("psnr", psnr), ("ssim", ssim)):
+    for name, metric in metrics:
         per_frame = metric(predictions, truth.unsqueeze(1)).double()  # (B, N, H)
         best = per_frame.mean(-1).argmax(1)  # the best sample of each sequence, on average over steps
         curves[f"{name}/best_of_n"] = per_frame[torch.arange(per_frame.shape[0]), best]
         curves[f"{name}/mean_of_n"] = per_frame.mean(1)
+    for name, metric in metrics:
         curves[f"baseline/{name}"] = metric(baseline, truth).double()
     return curves
 

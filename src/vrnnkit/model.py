@@ -173,7 +173,10 @@ class VRNN(nn.Module):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k (importance samples) must be a positive integer, got {k!r}")
         if chunk_size is None:
-            chunk_size = max(1, min(k, 8192 // (batch * steps)))
+            # Sized by frame elements, not frames: a chunk decodes chunk * B * T frames at once,
+            # and 2**21 elements keeps a 64x64 conv model's chunk near a gigabyte of activations.
+            elements = batch * steps * math.prod(self.config.frame_shape)
+            chunk_size = max(1, min(k, 2**21 // elements))
         features = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
         log_weights = []
         for start in range(0, k, chunk_size):

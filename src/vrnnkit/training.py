@@ -92,10 +92,11 @@ class TrainConfig:
         bad += [f"{k}={getattr(self, k)!r}" for k in ("steps", "epochs") if getattr(self, k) is not None and not _positive_int(getattr(self, k))]
         if not _non_negative_int(self.kl_anneal):
             bad.append(f"kl_anneal={self.kl_anneal!r}")
-        if not _non_negative_int(self.workers):
-            bad.append(f"workers={self.workers!r}")
+        for name in ("workers", "seed"):
+            if not _non_negative_int(getattr(self, name)):
+                bad.append(f"{name}={getattr(self, name)!r}")
         if bad:
-            raise ConfigError(f"expected positive whole numbers, got {', '.join(bad)}")
+            raise ConfigError(f"expected positive whole numbers (kl_anneal, workers and seed may be 0), got {', '.join(bad)}")
         for name in ("lr", "clip", "free_bits"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
