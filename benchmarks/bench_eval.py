@@ -7,7 +7,7 @@ depend on the weights).
     frames (100 x 20 after 5 by default), then the PSNR/SSIM metrics of those frames.
 (b) IWAE: the K=100 bound on ``--iwae-sequences`` sequences of ``--seq-len`` frames, in batches
     of ``--batch-size``, with ``VRNN.log_likelihood``'s chunking (``--chunk-size``, by default
-    min(K, 8192 // (batch x frames)) samples at a time): time and peak resident memory. The
+    ``VRNN.iwae_chunk_size``: sized by frame elements): time and peak resident memory. The
     peak depends on the batch and chunk sizes, not on the number of sequences; the time grows
     linearly with it, so the default is 32 sequences (about 1.5 minutes on a 2-core CPU),
     not 256 (about 11 minutes): pass --iwae-sequences 256 for the full size.
@@ -101,7 +101,7 @@ def bench_predict(model: vrnnkit.VRNN, args: argparse.Namespace) -> None:
 
 def bench_iwae(model: vrnnkit.VRNN, args: argparse.Namespace) -> None:
     steps, batch = args.seq_len, min(args.batch_size, args.iwae_sequences)
-    chunk = args.chunk_size or max(1, min(args.k, 8192 // (batch * steps)))
+    chunk = args.chunk_size or model.iwae_chunk_size(batch, steps, args.k)
     before = _memory()
     reset = _reset_peak()
     seconds = _time_iwae(model, args.iwae_sequences, args.k, args)

@@ -173,10 +173,7 @@ class VRNN(nn.Module):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k (importance samples) must be a positive integer, got {k!r}")
         if chunk_size is None:
-            # Sized by frame elements, not frames: a chunk decodes chunk * B * T frames at once,
-            # and 2**21 elements keeps a 64x64 conv model's chunk near a gigabyte of activations.
-            elements = batch * steps * math.prod(self.config.frame_shape)
-            chunk_size = max(1, min(k, 2**21 // elements))
+            chunk_size = self.iwae_chunk_size(batch, steps, k)
         features = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
         log_weights = []
         for start in range(0, k, chunk_size):
@@ -195,6 +192,15 @@ class VRNN(nn.Module):
                 log_w = log_w * step_mask.repeat(n, 1)
             log_weights.append(log_w.sum(1).view(n, batch))
         return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+
+    def iwae_chunk_size(self, batch: int, steps: int, k: int) -> int:
+        """How many importance samples ``log_likelihood`` processes at once by default.
+
+        Sized by frame elements, not frames: a chunk decodes chunk * B * T frames at once, and
+        2**21 elements keeps a 64x64 conv model's chunk near a gigabyte of activations.
+        """
+        elements = batch * steps * math.prod(self.config.frame_shape)
+        return max(1, min(k, 2**21 // elements))
 
     # ------------------------------------------------------------------ generation
 
