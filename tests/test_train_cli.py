@@ -203,3 +203,12 @@ def test_compile_option_compiles_the_batched_blocks(tmp_path, tiny_config, monke
     result = _train(*TINY, "--config", str(tiny_config), "--out", str(tmp_path / "run"), "--compile")
     assert result.exit_code == 0, result.output
     assert compiled == ["ConvEncoder", "ConvTransposeDecoder"]
+
+
+def test_the_example_config_file_parses():
+    from tests.conftest import ROOT
+    from vrnnkit.cli_train import _read_toml
+    from vrnnkit.training import TrainConfig
+
+    config = TrainConfig.from_dict(_read_toml(ROOT / "examples" / "bouncing_balls_small.toml"))
+    assert config.steps == 3000 and config.block_options["decoder"] == {"channels": 16}
