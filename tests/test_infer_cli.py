@@ -197,3 +197,22 @@ def test_eval_of_a_vector_model_skips_prediction(tmp_path, vector_ckpt):
     assert result.exit_code == 0, result.output
     assert "prediction skipped" in result.output
     assert json.loads(out.read_text())["prediction"]["skipped"]
+
+
+def test_predict_json_saves_metrics_and_refuses_without_ground_truth(tmp_path, image_ckpt):
+    import json
+
+    video = tmp_path / "video.npy"
+    np.save(video, _video("THW", length=9))
+    result = _run("predict", video, "--ckpt", image_ckpt, "--context", 4, "--samples", 3, "--out", tmp_path / "f.gif", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert len(report["psnr"]["best_of_n"]["per_step"]) == 5
+    assert report["psnr"]["best_of_n"]["mean"] >= report["psnr"]["mean_of_n"]["mean"]
+    assert "PSNR best" in result.output and "copy-last" in result.output
+    short = tmp_path / "short.npy"
+    np.save(short, _video("THW", length=4))
+    result = _run("predict", short, "--ckpt", image_ckpt, "--context", 4, "--out", tmp_path / "g.gif", "--json", tmp_path / "n.json")
+    assert result.exit_code == 2
+    assert "--json needs metrics" in result.output
+    assert not (tmp_path / "g.gif").exists() and not (tmp_path / "n.json").exists()

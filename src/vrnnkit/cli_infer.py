@@ -74,9 +74,14 @@ def predict(
     if context > length:
         raise DataError(f"--context {context} is longer than the {length} frames of {input}")
     horizon = horizon if horizon is not None else length - context
-    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean)
     truth = videos[:, context : context + horizon]
     has_truth = truth.shape[1] == horizon
+    if json_out is not None and not (has_truth and model.config.is_image):
+        reason = "PSNR and SSIM apply to image frames" if not model.config.is_image else f"{input} has no {horizon} frames after the context to compare with"
+        raise DataError(f"--json needs metrics: {reason}")
+    if json_out is not None and not json_out.parent.is_dir():
+        raise ConfigError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean)
     if out.suffix.lower() == ".npy" or not model.config.is_image:
         write_clips(out, futures if out.suffix.lower() == ".npy" else futures.flatten(0, 1))
     else:
@@ -85,8 +90,6 @@ def predict(
     console.print(f"wrote {out}: {videos.shape[0]} sequence(s) x {samples} futures of {horizon} frames", highlight=False)
     if has_truth and model.config.is_image:
         _report_prediction(futures, truth, videos[:, context - 1], json_out)
-    elif json_out is not None:
-        raise DataError(f"--json needs ground truth: {input} has no frames after the context to compare with")
 
 
 def _read_input(path: Path, model: Any, layout: str | None, resize: bool) -> torch.Tensor:
