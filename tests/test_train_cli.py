@@ -207,8 +207,8 @@ def test_compile_option_compiles_the_batched_blocks(tmp_path, tiny_config, monke
 
 def test_the_example_config_file_parses():
     from tests.conftest import ROOT
-    from vrnnkit.cli_train import _read_toml
+    from vrnnkit.api import read_toml
     from vrnnkit.training import TrainConfig
 
-    config = TrainConfig.from_dict(_read_toml(ROOT / "examples" / "bouncing_balls_small.toml"))
+    config = TrainConfig.from_dict(read_toml(ROOT / "examples" / "bouncing_balls_small.toml"))
     assert config.steps == 3000 and config.block_options["decoder"] == {"channels": 16}

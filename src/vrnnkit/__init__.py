@@ -7,9 +7,11 @@
 """
 
 from vrnnkit._version import __version__
+from vrnnkit.api import train
 from vrnnkit.checkpoint import load, read_metadata, save
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, RegistryError, VRNNKitError
+from vrnnkit.evaluation import evaluate
 from vrnnkit.model import VRNN, VRNNOutput
 from vrnnkit.registry import build, list_blocks, register
 
@@ -24,9 +26,11 @@ __all__ = [
     "VRNNOutput",
     "__version__",
     "build",
+    "evaluate",
     "list_blocks",
     "load",
     "read_metadata",
     "register",
     "save",
+    "train",
 ]

@@ -7,8 +7,6 @@ the options on the command line.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,7 +16,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vrnnkit.cli import app, console, errors, friendly_errors
-from vrnnkit.errors import ConfigError
 
 Opt = Optional  # typer reads the annotations at run time, where Python 3.10 has no "X | None"
 
@@ -64,26 +61,13 @@ def train(
     quiet: Annotated[bool, _option("Print only the final summary.", "--quiet", "-q")] = False,
 ) -> None:
     """Train a VRNN. With no arguments: a conv VRNN on generated bouncing balls, on the CPU."""
-    from vrnnkit.training import TrainConfig
-    from vrnnkit.training import train as run_training
+    from vrnnkit.api import train as run_training
 
-    given = {k: v for k, v in locals().items() if v is not None and k not in ("out", "resume", "config", "quiet", "run_training", "TrainConfig")}
-    settings: dict[str, Any] = {}
-    if resume is not None:
-        settings.update(_resumed_settings(resume))
-    if config is not None:
-        settings.update(_read_toml(config))
-    settings.update(given)
-    train_config = TrainConfig.from_dict(settings)
-    run_dir = resume if resume is not None else (out or _new_run_dir())
-    if resume is None and out is not None and (run_dir / "model.safetensors").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
-
+    given = {k: v for k, v in locals().items() if v is not None and k not in ("out", "resume", "config", "quiet", "run_training")}
     reporter = _Reporter(quiet=quiet)
     with reporter:
-        result = run_training(train_config, run_dir, resume=resume is not None, on_log=reporter.log)
-    if resume is None:
-        _link_latest(run_dir)
+        result = run_training(out=out, resume=resume, config=config, on_log=reporter.log, **given)
+    run_dir = result.run_dir
     if result.interrupted:
         errors.print(
             f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}",
@@ -91,55 +75,6 @@ def train(
         )
         raise typer.Exit(130)
     _summary(result, run_dir)
-
-
-def _resumed_settings(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"cannot resume {run_dir}: it has no config.json (was it written by vrnnkit train?)")
-    try:
-        return json.loads(path.read_text())["train"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ConfigError(f"cannot resume {run_dir}: {path} is not a vrnnkit run config") from None
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read config file {path}: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    # TOML keys may use the command line's dashes.
-    return {key.replace("-", "_"): value for key, value in data.items()}
-
-
-def _new_run_dir() -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"{stamp}-{suffix}"
-    return path
-
-
-def _link_latest(run_dir: Path) -> None:
-    """Point runs/latest at the newest run (a relative symlink, replaced atomically)."""
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / ".latest.tmp"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name, target_is_directory=True)
-        tmp.replace(latest)
-    except OSError:  # a file system without symlinks: the run itself is fine
-        tmp.unlink(missing_ok=True)
 
 
 class _Reporter:
