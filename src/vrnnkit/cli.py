@@ -18,9 +18,10 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from vrnnkit._version import __version__
-from vrnnkit.errors import VRNNKitError
+from vrnnkit.errors import RunError, VRNNKitError
 
 app = typer.Typer(
     name="vrnnkit",
@@ -34,8 +35,9 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
-console = Console()
-errors = Console(stderr=True)
+# No markup: paths and messages print as they are, brackets included.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,8 +48,6 @@ def friendly_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vrnnkit.training import TrainingError
-
         if os.environ.get("VRNNKIT_DEBUG") == "1":
             return command(*args, **kwargs)
         try:
@@ -55,7 +55,7 @@ def friendly_errors(command: F) -> F:
                 # A library warning (an ambiguous layout, say) reaches the user as a note.
                 warnings.showwarning = _note
                 return command(*args, **kwargs)
-        except TrainingError as error:
+        except RunError as error:
             _error(str(error))
             code = 1
         except VRNNKitError as error:
@@ -78,7 +78,7 @@ def _note(message: Warning | str, *args: Any, **kwargs: Any) -> None:
 
 
 def _error(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
 
 
 def _show_version(value: bool) -> None:

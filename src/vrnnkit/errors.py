@@ -14,6 +14,10 @@ class VRNNKitError(Exception):
     """Base class of every error vrnnkit raises on purpose."""
 
 
+class RunError(VRNNKitError):
+    """A failure while running (not bad input): a non-finite loss, a failed export check."""
+
+
 class ConfigError(VRNNKitError, ValueError):
     """A model or training configuration is invalid (a size, a block name, a frame shape)."""
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from vrnnkit._atomic import atomic_path
 from vrnnkit.checkpoint import load, save
 from vrnnkit.config import VRNNConfig
-from vrnnkit.errors import CheckpointError, ConfigError, VRNNKitError
+from vrnnkit.errors import CheckpointError, ConfigError, RunError
 from vrnnkit.model import VRNN
 
 BUILTIN_DATA = ("bouncing-balls", "moving-mnist", "seq-mnist")
@@ -45,7 +45,7 @@ TRAINER_FORMAT_VERSION = "1"
 DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few minutes on a CPU
 
 
-class TrainingError(VRNNKitError):
+class TrainingError(RunError):
     """Training cannot go on: a non-finite loss, a device that is not there, a broken run folder."""
 
 
