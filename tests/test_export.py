@@ -129,3 +129,28 @@ def test_without_the_export_extra_the_install_line_is_named(ckpt, tmp_path, monk
     result = _run("export", "--ckpt", ckpt, "--out", tmp_path / "m.onnx")
     assert result.exit_code == 2
     assert "pip install 'vrnnkit[export]'" in result.output
+
+
+def test_onnx_parity_for_an_mlp_model_of_vector_frames(tmp_path):
+    from vrnnkit.export import export
+
+    model = vrnnkit.VRNN(vrnnkit.VRNNConfig(frame_shape=(6,), h_dim=12, z_dim=3, likelihood="gaussian"))
+    report = export(model, tmp_path / "mlp.onnx", steps=5)
+    assert report["max_abs_difference"] <= 1e-4
+    assert (tmp_path / "mlp.onnx").is_file() and (tmp_path / "mlp.filter.onnx").is_file()
+
+
+def test_the_api_evaluate_equals_the_cli_json_for_the_same_seed(ckpt, tmp_path):
+    import json
+
+    from vrnnkit.data import load_sequences
+
+    videos = (np.random.default_rng(0).random((4, 7, 8, 8)) * 255).astype(np.uint8)
+    np.save(tmp_path / "videos.npy", videos)
+    out = tmp_path / "eval.json"
+    args = ["eval", tmp_path / "videos.npy", "--layout", "NTHW", "--ckpt", ckpt, "--iwae-samples", 3,
+            "--samples", 2, "--context", 3, "--seed", 5, "--json", out]
+    assert _run(*args).exit_code == 0
+    data = torch.from_numpy(load_sequences(tmp_path / "videos.npy", layout="NTHW"))
+    api = vrnnkit.evaluate(vrnnkit.load(ckpt), data, iwae_samples=3, samples=2, context=3, seed=5)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(api))
