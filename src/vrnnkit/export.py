@@ -50,13 +50,7 @@ class GenerativeStep(nn.Module):
         self.model = model
 
     def forward(self, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m = self.model
-        h = m.rnn.output(state)
-        mean, std = m.prior(h)
-        f = m.phi_z(mean + std * noise)
-        params = m.decoder(f, h)
-        frame = m.likelihood.mean(params)
-        return params, frame, m.rnn.step(m.rnn.precompute(m.encoder(frame)), f, state)
+        return self.model.generate_step(state, noise)
 
 
 class FilterStep(nn.Module):

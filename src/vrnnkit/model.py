@@ -278,20 +278,30 @@ class VRNN(nn.Module):
             fs.append(f)
         return _Filtered(*(torch.stack(items, dim=1) for items in (hs, means, stds, zs, fs)), state)
 
+    def generate_step(
+        self, state: Tensor, noise: Tensor, *, mean: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step of generation from ``state`` with prior noise (B, z_dim): the likelihood's
+        parameters, the frame (its mean, or a draw with ``mean=False``) and the next state.
+
+        The exported ONNX and torch.export graphs are this function."""
+        h = self.rnn.output(state)
+        prior_mean, prior_std = self.prior(h)
+        f = self.phi_z(torch.addcmul(prior_mean, prior_std, noise))
+        params = self.decoder(f, h)
+        frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
+        return params, frame, self.rnn.step(self.rnn.precompute(self.encoder(frame)), f, state)
+
     def _generate(
         self, state: Tensor, steps: int, generator: torch.Generator | None, use_mean: bool
     ) -> Tensor:
         """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back."""
         frames = []
+        shape = (state.shape[0], self.config.z_dim)
         for _ in range(steps):
-            h = self.rnn.output(state)
-            mean, std = self.prior(h)
-            z = torch.addcmul(mean, std, randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype))
-            f = self.phi_z(z)
-            params = self.decoder(f, h)
-            x = self.likelihood.mean(params) if use_mean else self.likelihood.sample(params, generator)
-            state = self.rnn.step(self.rnn.precompute(self.encoder(x)), f, state)
-            frames.append(x)
+            noise = randn(shape, generator=generator, device=state.device, dtype=state.dtype)
+            _, frame, state = self.generate_step(state, noise, mean=use_mean, generator=generator)
+            frames.append(frame)
         return torch.stack(frames, dim=1)
 
     # ------------------------------------------------------------------ helpers
