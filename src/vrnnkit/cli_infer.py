@@ -155,14 +155,11 @@ def _prediction_table(report: dict[str, Any]) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    import json
-
-    from vrnnkit._atomic import atomic_path
+    from vrnnkit._atomic import write_json
 
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_json(path, data)
     console.print(f"wrote {path}", highlight=False)
 
 

@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from vrnnkit._atomic import atomic_path
+from vrnnkit._atomic import atomic_path, write_json
 from vrnnkit.checkpoint import load, save
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, ConfigError, RunError
@@ -275,7 +275,7 @@ def train(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    _write_json(run_dir / "config.json", {"train": dataclasses.asdict(config), "model": model.config.to_dict()})
+    write_json(run_dir / "config.json", {"train": dataclasses.asdict(config), "model": model.config.to_dict()})
 
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -437,11 +437,6 @@ def _load_state(run_dir: Path, model: VRNN, optimizer: torch.optim.Optimizer, no
 def _header(path: Path) -> dict[str, str]:
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
