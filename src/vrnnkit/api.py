@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vrnnkit.errors import ConfigError
-from vrnnkit.training import TrainConfig, TrainResult
+from vrnnkit.training import TrainConfig, TrainResult, broadcast_text, join_world
 from vrnnkit.training import train as _train_loop
 
 
@@ -30,6 +30,7 @@ def train(
     resume: str | os.PathLike[str] | None = None,
     config: str | os.PathLike[str] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train a VRNN with the options and defaults of ``vrnnkit train`` (see ``TrainConfig``).
@@ -37,7 +38,9 @@ def train(
     ``data`` is a file or ``bouncing-balls`` (default), ``moving-mnist``, ``seq-mnist``;
     ``out`` the run folder (default ``runs/<timestamp>``, then linked as ``runs/latest``);
     ``resume`` a run folder to continue, with its own options unless ``options`` override them;
-    ``config`` a TOML file of options, which ``options`` override.
+    ``config`` a TOML file of options, which ``options`` override;
+    ``on_log(record)`` and ``on_step(step, model)`` as in ``vrnnkit.training.train``.
+    Under ``torchrun`` every process calls this; see ``vrnnkit.training.train``.
     """
     settings: dict[str, Any] = {}
     if resume is not None:
@@ -48,13 +51,27 @@ def train(
         options["data"] = data
     settings.update(options)
     train_config = TrainConfig.from_dict(settings)
-    run_dir = Path(resume) if resume is not None else (Path(out) if out is not None else _new_run_dir())
-    if resume is None and (run_dir / "model.safetensors").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
-    result = _train_loop(train_config, run_dir, resume=resume is not None, on_log=on_log)
-    if resume is None:
-        _link_latest(run_dir)
-    return result
+    # Under torchrun every process gets here: they join their group first, so that they can
+    # agree on a new run folder's name (rank 0's).
+    world, owns_group = join_world(train_config.device)
+    try:
+        if resume is not None:
+            run_dir = Path(resume)
+        elif out is not None:
+            run_dir = Path(out)
+        else:
+            run_dir = Path(broadcast_text(str(_new_run_dir()) if world.is_main else "", world))
+        if resume is None and (run_dir / "model.safetensors").exists():
+            raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
+        result = _train_loop(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step)
+        if resume is None and world.is_main:
+            _link_latest(run_dir)
+        return result
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _resumed_settings(run_dir: Path) -> dict[str, Any]:

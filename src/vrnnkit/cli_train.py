@@ -7,6 +7,7 @@ the options on the command line.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -53,6 +54,8 @@ def train(
     precision: Annotated[Opt[str], _option("fp32, bf16 or fp16 autocast (default fp32).")] = None,
     workers: Annotated[Opt[int], _option("DataLoader worker processes (default 0).", min=0)] = None,
     every: Annotated[Opt[int], _option("Validate, log and save every N steps (default 250).", min=1)] = None,
+    keep: Annotated[Opt[int], _option("Keep the model of the last K saves in checkpoints/ (default 3; 0 keeps none).", min=0)] = None,
+    nproc: Annotated[Opt[int], _option("Train with N processes on this machine (DistributedDataParallel, as torchrun --standalone); --batch-size is per process.", min=1)] = None,
     compile: Annotated[Opt[bool], _option("torch.compile the encoder and decoder (worth it on GPUs).", "--compile")] = None,
     skip_nonfinite: Annotated[Opt[bool], _option("Skip steps whose loss is not finite instead of stopping.", "--skip-nonfinite")] = None,
     out: Annotated[Opt[Path], _option("Run folder (default runs/<timestamp>; runs/latest links the newest).")] = None,
@@ -63,11 +66,18 @@ def train(
     """Train a VRNN. With no arguments: a conv VRNN on generated bouncing balls, on the CPU."""
     from vrnnkit.api import train as run_training
 
-    given = {k: v for k, v in locals().items() if v is not None and k not in ("out", "resume", "config", "quiet", "run_training")}
-    reporter = _Reporter(quiet=quiet)
+    given = {k: v for k, v in locals().items() if v is not None and k not in ("out", "resume", "config", "quiet", "nproc", "run_training")}
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from vrnnkit.launch import launch_training
+
+        raise typer.Exit(launch_training(nproc, given, out=out, resume=resume, config=config, quiet=quiet))
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
+    reporter = _Reporter(quiet=quiet or not main_process)
     with reporter:
         result = run_training(out=out, resume=resume, config=config, on_log=reporter.log, **given)
     run_dir = result.run_dir
+    if not main_process:
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         errors.print(
             f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}",
@@ -100,6 +110,10 @@ class _Reporter:
         self.progress.__exit__(*exc)
 
     def log(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "start":
+            if not self.quiet:
+                self._print(_start_line(record))
+            return
         if self.task is None:
             self.task = self.progress.add_task("train", total=record["total"], loss=0.0, nll=0.0, kl=0.0, rate="")
         elapsed = time.perf_counter() - self.started
@@ -111,10 +125,21 @@ class _Reporter:
                 f"kl {record['kl']:.3f}  {record['sequences_per_s']:.0f} seq/s")
         if "val_loss" in record:
             line += f"  | val loss {record['val_loss']:.3f}  {record['val_bits_per_dim']:.4f} bits/dim"
+        self._print(line)
+
+    def _print(self, line: str) -> None:
         if self.live:
             self.progress.console.print(line, highlight=False)
         else:
             print(line, flush=True)
+
+
+def _start_line(record: dict[str, Any]) -> str:
+    world, batch = record["world_size"], record["batch_size"]
+    per_step = f"{world} processes x {batch} sequences = {world * batch} per step" if world > 1 else f"batch {batch}"
+    begin = f"from step {record['step']} " if record["step"] else ""
+    return (f"training on {record['device']}: {per_step}; {record['parameters']:,} parameters; "
+            f"{begin}to step {record['total']} -> {record['run_dir']}")
 
 
 def _summary(result: Any, run_dir: Path) -> None:

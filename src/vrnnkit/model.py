@@ -20,6 +20,7 @@ the exception: a generated frame feeds back into phi_x, so there the whole step 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -78,6 +79,7 @@ class VRNN(nn.Module):
 
     fused_loop: bool = True
     """Use the hand-written backward pass of ``vrnnkit.fused`` where the blocks allow it."""
+    _compiled_step: Callable[..., Any] | None = None
 
     def __init__(self, config: VRNNConfig) -> None:
         super().__init__()
@@ -255,7 +257,7 @@ class VRNN(nn.Module):
         time_major = features.transpose(0, 1)
         if state is None:
             state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
-        if self.fused_loop and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
+        if self.fused_loop and self._compiled_step is None and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
             posterior_in = self.posterior.precompute(time_major)
             rnn_in = self.rnn.precompute(time_major)
             return _Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state))
@@ -264,19 +266,32 @@ class VRNN(nn.Module):
         posterior_in = self.posterior.precompute(time_major).unbind(0)
         rnn_in = self.rnn.precompute(time_major).unbind(0)
         noise = noise.unbind(0)
-        hs, means, stds, zs, fs = [], [], [], [], []
+        step = self._compiled_step or self._recurrent_step
+        outputs = []
         for t in range(steps):
-            h = self.rnn.output(state)
-            mean, std = self.posterior.step(posterior_in[t], h)
-            z = torch.addcmul(mean, std, noise[t])
-            f = self.phi_z(z)
-            state = self.rnn.step(rnn_in[t], f, state)
-            hs.append(h)
-            means.append(mean)
-            stds.append(std)
-            zs.append(z)
-            fs.append(f)
-        return _Filtered(*(torch.stack(items, dim=1) for items in (hs, means, stds, zs, fs)), state)
+            *items, state = step(posterior_in[t], rnn_in[t], noise[t], state)
+            outputs.append(items)
+        return _Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state)
+
+    def _recurrent_step(
+        self, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, state: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One step of the filter, the only work that must run inside the time loop:
+        (h_{t-1}, posterior mean, std, z_t, phi_z(z_t), next state)."""
+        h = self.rnn.output(state)
+        mean, std = self.posterior.step(posterior_in, h)
+        z = torch.addcmul(mean, std, noise)
+        f = self.phi_z(z)
+        return h, mean, std, z, f, self.rnn.step(rnn_in, f, state)
+
+    def compile_blocks(self, **options: Any) -> None:
+        """``torch.compile`` what runs most: the encoder and decoder, once over all B*T frames
+        (one static shape each), and the per-step recurrent function, T times per batch (it
+        then replaces the hand-written fused loop). Worth it on GPUs; on a small CPU the
+        compile time (tens of seconds) is rarely paid back."""
+        self.encoder.compile(**options)
+        self.decoder.compile(**options)
+        self._compiled_step = torch.compile(self._recurrent_step, **options)
 
     def generate_step(
         self, state: Tensor, noise: Tensor, *, mean: bool = True, generator: torch.Generator | None = None

@@ -1,0 +1,77 @@
+"""``vrnnkit train --nproc N``: the same processes as ``torchrun --standalone --nproc-per-node N``.
+
+It uses torchrun's own engine (``torch.distributed.launcher``) with one difference: when a
+process fails, the user sees that process's own message and exit code, not the launcher's
+report with its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from vrnnkit.errors import ConfigError
+
+
+def launch_training(
+    nproc: int,
+    options: dict[str, Any],
+    *,
+    out: Path | None,
+    resume: Path | None,
+    config: Path | None,
+    quiet: bool,
+) -> int:
+    """Run ``vrnnkit train`` with ``options`` in ``nproc`` processes; return the exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from vrnnkit.api import _new_run_dir, _resumed_settings, read_toml
+    from vrnnkit.training import TrainConfig
+
+    # Check the options here, once, rather than letting every process fail on them.
+    settings: dict[str, Any] = {}
+    if resume is not None:
+        settings.update(_resumed_settings(resume))
+    if config is not None:
+        settings.update(read_toml(config))
+    TrainConfig.from_dict({**settings, **options})
+    if out is None and resume is None:
+        out = _new_run_dir()
+    args = ["-m", "vrnnkit", "train", *_command_line(options)]
+    args += ["--out", str(out)] if out is not None else []
+    args += ["--resume", str(resume)] if resume is not None else []
+    args += ["--config", str(config)] if config is not None else []
+    args += ["--quiet"] if quiet else []
+    if "OMP_NUM_THREADS" not in os.environ:
+        # N processes share the cores: without this each would start a thread per core.
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    launch = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
+    )
+    try:
+        elastic_launch(launch, sys.executable)(*args)
+    except ChildFailedError as error:
+        codes = [failure.exitcode for failure in error.failures.values()]
+        return next((code for code in codes if code in (1, 2, 130)), 1)
+    return 0
+
+
+def _command_line(options: dict[str, Any]) -> list[str]:
+    """``vrnnkit train`` options back into command-line arguments."""
+    args: list[str] = []
+    for key, value in options.items():
+        if key == "data":
+            args.insert(0, str(value))
+        elif isinstance(value, bool):
+            if value:
+                args.append(f"--{key.replace('_', '-')}")
+        elif isinstance(value, (int, float, str, Path)):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        else:
+            raise ConfigError(f"option {key} cannot be passed to the training processes")
+    return args
