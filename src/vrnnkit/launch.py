@@ -7,6 +7,7 @@ report with its traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -30,7 +31,7 @@ def launch_training(
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from vrnnkit.api import _new_run_dir, _resumed_settings, read_toml
-    from vrnnkit.training import TrainConfig
+    from vrnnkit.training import BUILTIN_DATA, TrainConfig, open_source
 
     # Check the options here, once, rather than letting every process fail on them.
     settings: dict[str, Any] = {}
@@ -38,7 +39,9 @@ def launch_training(
         settings.update(_resumed_settings(resume))
     if config is not None:
         settings.update(read_toml(config))
-    TrainConfig.from_dict({**settings, **options})
+    train_config = TrainConfig.from_dict({**settings, **options})
+    if train_config.data not in BUILTIN_DATA:
+        open_source(train_config.data, count=1, length=1, seed=0, layout=train_config.layout)
     if out is None and resume is None:
         out = _new_run_dir()
     args = ["-m", "vrnnkit", "train", *_command_line(options)]
@@ -53,6 +56,8 @@ def launch_training(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
     )
+    # The processes print their own errors; the launcher's log lines would repeat them.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(launch, sys.executable)(*args)
     except ChildFailedError as error:
