@@ -406,6 +406,7 @@ def _train(
         step, best = _load_state(run_dir, model, optimizer, noise, device, world, config.seed)
         if saver is not None:
             saver.saved_step, saver.best = step, best
+            saver.remove_stale_temporaries()
             _repair_metrics(run_dir / "metrics.jsonl", step)
     elif saver is not None:
         saver.start()
@@ -583,6 +584,12 @@ class _Saver:
             raise TrainingError(f"cannot create the run folder {self.run_dir}: a file of that name is in the way") from None
         except OSError as error:
             raise self._fail("create the run folder", error) from None
+
+    def remove_stale_temporaries(self) -> None:
+        """A killed process leaves the temporary file of the write it was in; drop them."""
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            for path in folder.glob(".*.tmp*"):
+                path.unlink(missing_ok=True)
 
     def write_config(self, model_config: VRNNConfig) -> None:
         try:
