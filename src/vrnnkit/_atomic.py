@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -19,6 +20,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     partial one: the temporary file is flushed to disk, then renamed over the target.
     """
     target = Path(path)
+    if target.is_dir():  # os.replace would fail only after the whole file was written
+        raise IsADirectoryError(errno.EISDIR, "is a folder, expected a file name", str(target))
     # The temporary name keeps the extension, for writers that pick a format by it (ffmpeg).
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)

@@ -8,6 +8,7 @@ non-finite loss, a full disk), 130 interrupted. Messages go to stderr; a traceba
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import warnings
@@ -62,8 +63,7 @@ def friendly_errors(command: F) -> F:
             _error(str(error))
             code = 2
         except OSError as error:
-            where = f": {error.filename}" if error.filename else ""
-            _error(f"{error.strerror or error}{where}")
+            _error(_os_error_message(error))
             code = 1
         except KeyboardInterrupt:  # outside a training loop, which handles Ctrl-C itself
             _error("interrupted")
@@ -71,6 +71,21 @@ def friendly_errors(command: F) -> F:
         raise typer.Exit(code)
 
     return wrapper  # type: ignore[return-value]
+
+
+# What an OS error means for a path the user gave, where its own words ("File exists") are vague.
+_OS_ERROR_MEANINGS = {
+    errno.EEXIST: "a file is in the way where a folder is needed",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "it is a folder; expected a file",
+}
+
+
+def _os_error_message(error: OSError) -> str:
+    meaning = _OS_ERROR_MEANINGS.get(error.errno or -1, error.strerror or str(error))
+    if error.filename is None:
+        return meaning
+    return f"{error.filename}: {meaning}"
 
 
 def _note(message: Warning | str, *args: Any, **kwargs: Any) -> None:
@@ -192,11 +207,13 @@ def _write_in_chunks(out: Path, count: int, frame_shape: tuple[int, ...], genera
     from rich.progress import Progress
 
     from vrnnkit._atomic import atomic_path
+    from vrnnkit.errors import ConfigError, output_problem
 
     if out.suffix != ".npy":
         raise typer.BadParameter(f"expected a path ending in .npy, got {out}", param_hint="--out")
-    if not out.parent.is_dir():
-        raise typer.BadParameter(f"folder {out.parent} does not exist", param_hint="--out")
+    problem = output_problem(out)
+    if problem:
+        raise ConfigError(f"cannot write {out} (--out): {problem}")
     with atomic_path(out) as tmp:
         array = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, *frame_shape))
         with Progress(console=errors, transient=True, disable=count <= _CHUNK) as progress:

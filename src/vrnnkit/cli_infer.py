@@ -9,7 +9,7 @@ import torch
 import typer
 
 from vrnnkit.cli import app, console, errors, friendly_errors
-from vrnnkit.errors import ConfigError, DataError
+from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 
 Opt = Optional  # typer reads the annotations at run time, where Python 3.10 has no "X | None"
 
@@ -23,8 +23,17 @@ def _load_model(ckpt: Path | None) -> Any:
     from vrnnkit.checkpoint import find_checkpoint
 
     path = find_checkpoint(ckpt)
+    foreign = pickle_hint(path)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}; --ckpt takes a .safetensors file written by vrnnkit")
     errors.print(f"using {path}", highlight=False, soft_wrap=True)
     return vrnnkit.load(path).eval()
+
+
+def _check_json_out(path: Path | None) -> None:
+    problem = None if path is None else output_problem(path)
+    if problem:
+        raise ConfigError(f"cannot write {path} (--json): {problem}")
 
 
 @app.command()
@@ -79,8 +88,7 @@ def predict(
     if json_out is not None and not (has_truth and model.config.is_image):
         reason = "PSNR and SSIM apply to image frames" if not model.config.is_image else f"{input} has no {horizon} frames after the context to compare with"
         raise DataError(f"--json needs metrics: {reason}")
-    if json_out is not None and not json_out.parent.is_dir():
-        raise ConfigError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    _check_json_out(json_out)
     futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean)
     if out.suffix.lower() == ".npy" or not model.config.is_image:
         write_clips(out, futures if out.suffix.lower() == ".npy" else futures.flatten(0, 1))
@@ -93,11 +101,13 @@ def predict(
 
 
 def _read_input(path: Path, model: Any, layout: str | None, resize: bool) -> torch.Tensor:
-    from vrnnkit.data import load_sequences
+    from vrnnkit.data import check_unit_range, load_sequences
 
     shape = tuple(model.config.frame_shape)
     image = model.config.is_image
     data = load_sequences(path, layout=layout, resize=shape[1:] if (resize and image) else None)
+    if model.config.likelihood == "bernoulli":
+        check_unit_range(data, str(path))
     videos = torch.from_numpy(data)
     if resize and image and videos.dim() == 5 and videos.shape[2] != shape[0]:
         if shape[0] == 1:
@@ -157,8 +167,7 @@ def _prediction_table(report: dict[str, Any]) -> Any:
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     from vrnnkit._atomic import write_json
 
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    _check_json_out(path)
     write_json(path, data)
     console.print(f"wrote {path}", highlight=False)
 
@@ -184,8 +193,7 @@ def evaluate_command(
     from vrnnkit.evaluation import evaluate
     from vrnnkit.training import BUILTIN_DATA, open_source
 
-    if json_out is not None and not json_out.parent.is_dir():
-        raise ConfigError(f"cannot write {json_out}: folder {json_out.parent} does not exist")
+    _check_json_out(json_out)
     model = _load_model(ckpt)
     length = context + (horizon or 10) if model.config.is_image else 28
     sequences = open_source(data, count=num_sequences, length=length, seed=seed, mnist_dir=mnist_dir,

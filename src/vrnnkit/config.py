@@ -97,7 +97,7 @@ class VRNNConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a VRNN config must be a mapping, got {type(data).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
+        unknown = sorted(repr(key) if not isinstance(key, str) else key for key in set(data) - set(fields))
         if unknown:
             raise ConfigError(
                 f"unknown config keys: {', '.join(unknown)}; valid keys: {', '.join(fields)}"

@@ -48,3 +48,39 @@ def file_problem(path: os.PathLike[str] | str) -> str | None:
     if path.stat().st_size == 0:
         return "an empty (0-byte) file"
     return None
+
+
+def output_problem(path: os.PathLike[str] | str) -> str | None:
+    """Why a file cannot be written at ``path``, as a phrase ("folder runs/x does not exist",
+    "runs/x is a file, not a folder", "it is a folder"), or None when it can be."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        return "it is a folder; expected a file name"
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+            break
+    if not parent.is_dir():
+        return f"folder {parent} does not exist"
+    return None
+
+
+_PICKLE_PROTOCOL_BYTE = 0x80
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def pickle_hint(path: os.PathLike[str] | str) -> str | None:
+    """A phrase when a file that should be a checkpoint or a .npy array looks like a Python
+    pickle or a ``torch.save`` archive (judged from its first bytes, never unpickled), or None."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return None
+    if len(head) >= 2 and head[0] == _PICKLE_PROTOCOL_BYTE and 2 <= head[1] <= 5:
+        return "a Python pickle (written by pickle.dump or torch.save), which vrnnkit never unpickles: it could run code"
+    if head == _ZIP_MAGIC:
+        return "a zip archive (torch.save writes these), not a safetensors file; vrnnkit never unpickles"
+    return None

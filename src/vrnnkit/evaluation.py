@@ -75,6 +75,7 @@ import torch
 from torch import Tensor
 
 from vrnnkit._version import __version__
+from vrnnkit.data.checks import check_unit_range
 from vrnnkit.errors import DataError
 from vrnnkit.model import VRNN
 
@@ -329,8 +330,8 @@ def evaluate(
     Raises:
         ValueError: a count that is not a positive integer (context, horizon, samples,
             iwae_samples, batch_size, chunk_size).
-        DataError: data of the wrong shape or type, or an explicit horizon that does not fit:
-            context + horizon > T.
+        DataError: data of the wrong shape or type, values outside [0, 1] for a Bernoulli
+            likelihood, or an explicit horizon that does not fit: context + horizon > T.
     """
     _check_positive(iwae_samples=iwae_samples, context=context, samples=samples, batch_size=batch_size)
     if horizon is not None:
@@ -344,6 +345,7 @@ def evaluate(
             f"context ({context}) + horizon ({horizon}) = {context + horizon} frames, but the "
             f"test sequences have {steps}; lower the context or the horizon"
         )
+    checked = _check_bernoulli_targets(model, data)
     skipped = _prediction_skipped(frame_shape, context, steps, horizon)
     if horizon is None and skipped is None:
         horizon = steps - context
@@ -361,6 +363,8 @@ def evaluate(
         totals = {"elbo": [], "nll": [], "kl": [], "nats_per_dim": [], "iwae": []}
         curves: dict[str, list[Tensor]] = {}
         for x in _batches(data, batch_size, steps, frame_shape, device, dtype):
+            if not checked:
+                check_unit_range(x, "data")
             out = model(x, generator=elbo_generator)
             totals["elbo"].append(out.elbo)
             totals["nll"].append(out.nll.expand(len(x)))  # batch means, weighted by batch size
@@ -406,6 +410,22 @@ def evaluate(
         },
         "prediction": prediction,
     }
+
+
+def _check_bernoulli_targets(model: VRNN, data: Any) -> bool:
+    """Check, before any work, that a Bernoulli model's data lies in [0, 1]; False when the
+    data must be checked batch by batch instead (a plain sequence of items)."""
+    from vrnnkit.data import SequenceArray
+
+    if model.config.likelihood != "bernoulli":
+        return True
+    if isinstance(data, SequenceArray):
+        data.check_unit_range()
+    elif isinstance(data, (Tensor, np.ndarray)):
+        check_unit_range(data, "data")
+    else:
+        return False
+    return True
 
 
 def _prediction_skipped(frame_shape: tuple[int, ...], context: int, steps: int, horizon: int | None) -> str | None:

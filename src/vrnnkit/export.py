@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from vrnnkit._atomic import atomic_path
-from vrnnkit.errors import ConfigError, RunError
+from vrnnkit.errors import ConfigError, RunError, output_problem
 from vrnnkit.model import VRNN
 
 FORMATS = ("onnx", "safetensors", "pt2")
@@ -78,8 +78,10 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
     out = Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if not out.parent.is_dir():
-        raise ConfigError(f"cannot write {out}: folder {out.parent} does not exist")
+    for path in (out, filter_path(out)) if fmt == "onnx" else (out,):
+        problem = output_problem(path)
+        if problem:
+            raise ConfigError(f"cannot write {path}: {problem}")
     model = model.eval()
     if fmt == "safetensors":
         from vrnnkit.checkpoint import save

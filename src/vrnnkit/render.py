@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vrnnkit._atomic import atomic_path
-from vrnnkit.errors import ConfigError
+from vrnnkit.errors import ConfigError, output_problem
 
 IMAGE_FORMATS = (".gif", ".png", ".mp4", ".npy")
 VECTOR_FORMATS = (".npy", ".csv", ".png")
@@ -38,8 +38,9 @@ def check_output(path: Path, *, image: bool) -> None:
         raise ConfigError(
             f"cannot write {path}: for {kind} frames the output must end in {', '.join(formats)}"
         )
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {path.parent} does not exist")
+    problem = output_problem(path)
+    if problem:
+        raise ConfigError(f"cannot write {path}: {problem}")
 
 
 def write_clips(path: Path, clips: torch.Tensor, borders: torch.Tensor | None = None) -> None:

@@ -8,7 +8,9 @@ ambiguous (the published Moving MNIST file ``mnist_test_seq.npy`` needs ``layout
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -16,7 +18,7 @@ import numpy as np
 
 from vrnnkit.data.checks import require_file
 from vrnnkit.data.sequences import SequenceArray
-from vrnnkit.errors import DataError
+from vrnnkit.errors import DataError, pickle_hint
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 SUFFIXES = (".npy", ".npz", *VIDEO_SUFFIXES)
@@ -94,6 +96,9 @@ def _check_npy(path: Path) -> None:
     """Read the header of a .npy file, so that a wrong or truncated file gets a clear message."""
     with path.open("rb") as file:
         if file.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            foreign = pickle_hint(path)
+            if foreign:
+                raise DataError(f"{path}: expected a NumPy .npy file, found {foreign}")
             raise DataError(
                 f"{path}: expected a NumPy .npy file, found a file that does not start with the "
                 "NumPy magic bytes (text or another format renamed to .npy?)"
@@ -107,9 +112,9 @@ def _check_npy(path: Path) -> None:
                 else np.lib.format.read_array_header_2_0
             )
             shape, _, dtype = read_header(file)
-        except ValueError as err:
+        except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, TokenError...
             raise DataError(
-                f"{path}: expected a valid .npy header, found a damaged one ({err})"
+                f"{path}: expected a valid .npy header, found a damaged one ({type(err).__name__}: {err})"
             ) from err
         data_start = file.tell()
     if dtype.hasobject:
@@ -117,7 +122,7 @@ def _check_npy(path: Path) -> None:
             f"{path}: expected a numeric array, found an array of Python objects "
             "(it would need unpickling, which vrnnkit never does)"
         )
-    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    expected = data_start + math.prod(shape) * dtype.itemsize  # exact: np.prod could overflow
     found = path.stat().st_size
     if found < expected:
         raise DataError(
@@ -151,11 +156,25 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
             raise DataError(f"{path}: expected an array named {key!r}, found {', '.join(keys)}")
         try:
             return archive[key]
-        except ValueError as err:  # object arrays refuse to load without pickle
-            raise DataError(
-                f"{path}: expected a numeric array under {key!r}, found one that needs "
-                f"unpickling, which vrnnkit never does ({err})"
-            ) from err
+        except ValueError as err:
+            if "allow_pickle" in str(err):  # object arrays refuse to load without pickle
+                raise DataError(
+                    f"{path}: expected a numeric array under {key!r}, found one that needs "
+                    f"unpickling, which vrnnkit never does ({err})"
+                ) from err
+            raise DataError(f"{path}: the array {key!r} is damaged ({err})") from err
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
+            # a corrupt member: bad CRC, truncated deflate stream, an unknown compression
+            raise DataError(f"{path}: the array {key!r} is damaged ({err})") from err
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """A decoder's error on one line: its first and last lines (ffmpeg adds a page of banner)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_video(path: Path, grey: bool | None) -> np.ndarray:
@@ -166,7 +185,8 @@ def _read_video(path: Path, grey: bool | None) -> np.ndarray:
         frames = np.asarray(iio.imread(path, index=None, **options))
     except Exception as err:  # decoders raise many types (OSError, SyntaxError, RuntimeError, ...)
         raise DataError(
-            f"{path}: expected a readable {path.suffix} video, found a corrupt or unsupported file ({err})"
+            f"{path}: expected a readable {path.suffix} video, found a corrupt or unsupported "
+            f"file ({_one_line(err)})"
         ) from err
     if frames.ndim == 3:  # a single frame decodes without the time axis
         frames = frames[None]

@@ -8,6 +8,7 @@ may be gzip-compressed. vrnnkit downloads nothing: point it at a folder that hol
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def read_idx(path: str | Path, *, magic: int | None = None) -> np.ndarray:
             f"{path}: expected {rank} dimension sizes after the magic number, found a truncated header"
         )
     shape = tuple(int(size) for size in np.frombuffer(content, ">u4", count=rank, offset=4))
-    expected = header_size + int(np.prod(shape)) * dtype.itemsize
+    expected = header_size + math.prod(shape) * dtype.itemsize  # exact: np.prod could overflow
     if len(content) != expected:
         raise DataError(
             f"{path}: expected {expected} bytes for a {dtype} array of shape {shape}, "
@@ -93,9 +94,8 @@ def load_mnist(folder: str | Path, split: str = "test") -> tuple[np.ndarray, np.
         raise DataError(f"load_mnist: expected split 'train' or 'test', found {split!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(
-            f"{folder}: expected a folder holding the MNIST files, found no such folder"
-        )
+        found = "a file" if folder.exists() else "no such folder"
+        raise DataError(f"{folder}: expected a folder holding the MNIST files, found {found}")
     images_name, labels_name = MNIST_FILES[split]
     images = read_idx(_find(folder, images_name), magic=IMAGES_MAGIC)
     labels = read_idx(_find(folder, labels_name), magic=LABELS_MAGIC)

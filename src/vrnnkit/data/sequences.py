@@ -143,6 +143,26 @@ class SequenceArray:
         for first in range(0, self.raw_shape[0], rows_per_chunk):
             check_finite(np.asarray(self._open()[first : first + rows_per_chunk]), self.source)
 
+    def value_range(self) -> tuple[float, float]:
+        """The smallest and largest value after conversion (uint8 as /255), read in bounded chunks."""
+        scale = 255.0 if self.dtype == np.uint8 else 1.0
+        low, high = np.inf, -np.inf
+        row_bytes = max(1, int(np.prod(self.raw_shape[1:])) * self.dtype.itemsize)
+        rows_per_chunk = max(1, _SCAN_CHUNK_BYTES // row_bytes)
+        for first in range(0, self.raw_shape[0], rows_per_chunk):
+            chunk = np.asarray(self._open()[first : first + rows_per_chunk])
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+        return low / scale, high / scale
+
+    def check_unit_range(self) -> None:
+        """Raise DataError unless every value lies in [0, 1], as a Bernoulli likelihood needs."""
+        low, high = self.value_range()
+        if low < 0.0 or high > 1.0:
+            raise DataError(
+                f"{self.source}: expected values in [0, 1] (a Bernoulli likelihood needs them), "
+                f"found values from {low:g} to {high:g}; rescale the data or use a Gaussian likelihood"
+            )
+
     def _open(self) -> np.ndarray:
         if self._npy_path is None:
             return self._array
