@@ -181,9 +181,7 @@ _case("train-mnist-without-dir", ["train", "moving-mnist", "--out", "{tmp}/run"]
 _case("train-mnist-dir-is-a-file", ["train", "moving-mnist", "--mnist-dir", "{in}/afile", "--out", "{tmp}/run"], "afile", "found a file")
 _case("train-mnist-junk-files", ["train", "seq-mnist", "--mnist-dir", "{in}/mnist-junk", "--out", "{tmp}/run"], "t10k-images-idx3-ubyte", "IDX header")
 _case("train-resume-not-a-run", ["train", "--resume", "{in}/norun"], "norun", "config.json")
-_case("train-bernoulli-data-outside-0-1", ["train", "{in}/loud.npy", *TINY, "--out", "{tmp}/run"], "loud.npy", "[0, 1]",
-      marks=pytest.mark.xfail(reason="needs lead fix: training.build_dataset must refuse data outside [0, 1] for a "
-                              "Bernoulli likelihood (sequences.check_unit_range())", strict=True))
+_case("train-bernoulli-data-outside-0-1", ["train", "{in}/loud.npy", *TINY, "--out", "{tmp}/run"], "loud.npy", "[0, 1]")
 for command, option in [("sample", "--num"), ("sample", "--steps"), ("export", "--steps")]:
     _case(f"{command}-{option[2:]}-0", [command, "--ckpt", "{ckpt}", option, "0", "--out", "{tmp}/o.gif"], option)
 for option in ("--samples", "--horizon", "--context"):

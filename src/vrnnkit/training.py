@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -113,16 +114,26 @@ class TrainConfig:
             raise ConfigError("lr must be > 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not str(self.device).startswith("cuda:"):
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        kinds = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
+        if not isinstance(self.block_options, dict):
+            raise ConfigError(f"block_options must be a table of tables keyed by block kind ({', '.join(kinds)}), got {self.block_options!r}")
+        for kind, options in self.block_options.items():
+            if kind not in kinds:
+                raise ConfigError(f"block_options has an unknown block kind {kind!r}; expected one of {', '.join(kinds)}")
+            if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+                raise ConfigError(f"block_options.{kind} must be a table of named options, got {options!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a mapping (a TOML file, say), rejecting unknown keys and wrong types."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a training config must be a table of options, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
+        unknown = sorted(k if isinstance(k, str) else repr(k) for k in set(data) - fields)
         if unknown:
             raise ConfigError(f"unknown options: {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}")
         for f in dataclasses.fields(cls):
@@ -203,6 +214,8 @@ def build_dataset(config: TrainConfig) -> tuple[Dataset, Dataset | None, tuple[i
         config.data, count=config.num_sequences, length=config.seq_len, seed=config.seed,
         mnist_dir=config.mnist_dir, layout=config.layout,
     )
+    if config.likelihood == "bernoulli" and sequences.dtype not in (np.uint8, np.bool_):
+        sequences.check_unit_range()  # before the run folder exists
     if config.val_fraction > 0 and len(sequences) >= 2:
         train_ids, val_ids = train_val_split(len(sequences), config.val_fraction, seed=config.seed)
         validation = WindowDataset(sequences, config.seq_len, indices=val_ids)
@@ -777,17 +790,20 @@ def _non_negative_int(value: Any) -> bool:
 
 
 def _type_fits(value: Any, annotation: str) -> bool:
+    """Whether ``value`` (from TOML or JSON) fits a field annotated ``annotation``, matched by
+    whole type names ("str" does not fit "dict[str, ...]")."""
     text = str(annotation)
+    names = set(re.findall(r"[A-Za-z_]+", text.split("[", 1)[0] if text.startswith("dict") else text))
     if value is None:
-        return "None" in text
+        return "None" in names
     if isinstance(value, bool):
-        return text.startswith("bool")
+        return "bool" in names
     if isinstance(value, int):
-        return "int" in text or "float" in text
+        return bool(names & {"int", "float"})
     if isinstance(value, float):
-        return "float" in text
+        return "float" in names
     if isinstance(value, str):
-        return "str" in text
+        return "str" in names
     if isinstance(value, dict):
-        return "dict" in text
+        return "dict" in names
     return False

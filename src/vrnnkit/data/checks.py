@@ -43,6 +43,14 @@ def check_finite(values: np.ndarray, source: str) -> None:
             f"{source}: expected finite values, found {np.isnan(bad).sum()} NaN and "
             f"{np.isinf(bad).sum()} infinite value(s)"
         )
+    if values.dtype.itemsize > 4:
+        limit = float(np.finfo(np.float32).max)
+        too_large = int((np.abs(values) > limit).sum())
+        if too_large:
+            raise DataError(
+                f"{source}: found {too_large} value(s) beyond float32's range (+/-{limit:.3g}), which vrnnkit "
+                "computes in; rescale the data"
+            )
 
 
 def check_unit_range(values: np.ndarray | torch.Tensor, source: str) -> None:
