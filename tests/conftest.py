@@ -17,3 +17,20 @@ def _seeded() -> None:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    """A TOML file that makes `vrnnkit train` on bouncing balls take a second: 24 clips, 4-channel convs."""
+    path = tmp_path / "tiny.toml"
+    path.write_text('num_sequences = 24\n[block_options.encoder]\nchannels = 4\n[block_options.decoder]\nchannels = 4\n')
+    return path
+
+
+def train_cli(*args: str):
+    """`vrnnkit train ARGS` in this process, through Typer's runner, on a wide terminal."""
+    from typer.testing import CliRunner
+
+    from vrnnkit.cli import app
+
+    return CliRunner().invoke(app, ["train", *args], env={"COLUMNS": "200"})

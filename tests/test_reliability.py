@@ -19,23 +19,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import vrnnkit
-from tests.conftest import ROOT
-from vrnnkit.cli import app
+from tests.conftest import ROOT, train_cli
 
 runner = CliRunner()
 TINY = ["--h-dim", "12", "--z-dim", "3", "--seq-len", "4", "--batch-size", "4", "--val-fraction", "0.2"]
 TIMEOUT = 180
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text('num_sequences = 24\n[block_options.encoder]\nchannels = 4\n[block_options.decoder]\nchannels = 4\n')
-    return path
-
-
-def _train(*args):
-    return runner.invoke(app, ["train", *args], env={"COLUMNS": "200"})
+_train = train_cli
 
 
 def _leftovers(folder: Path) -> list[str]:

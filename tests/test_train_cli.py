@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import vrnnkit
+from tests.conftest import train_cli
 from vrnnkit.cli import app
 
 runner = CliRunner()
@@ -16,15 +17,7 @@ TINY = ["--steps", "4", "--every", "2", "--h-dim", "12", "--z-dim", "3", "--seq-
         "--batch-size", "4", "--val-fraction", "0.2"]
 
 
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text('num_sequences = 24\n[block_options.encoder]\nchannels = 4\n[block_options.decoder]\nchannels = 4\n')
-    return path
-
-
-def _train(*args):
-    return runner.invoke(app, ["train", *args], env={"COLUMNS": "200"})
+_train = train_cli
 
 
 def test_help_of_every_command_exits_0():
