@@ -135,3 +135,29 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path, bits):
     printed = "".join(r.stdout for r in results)
     assert "2 processes x 8 sequences = 16 per step" in printed and printed.count("step 3/3") == 1
     assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == "3"
+
+
+def test_ctrl_c_stops_every_process_after_a_save_and_the_launcher_exits_130(tmp_path, bits):
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vrnnkit", "train", str(bits), "--layout", "NTD", "--nproc", "2", "--steps", "100000",
+               "--every", "2", "--h-dim", "12", "--z-dim", "3", "--seq-len", "6", "--batch-size", "8", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "training never logged"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    step = int(vrnnkit.read_metadata(out / "model.safetensors")["step"])
+    assert f"interrupted: saved step {step} in {out}; continue with: vrnnkit train --resume {out} --nproc 2" in stderr

@@ -79,8 +79,9 @@ def train(
     if not main_process:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
+        again = f" --nproc {result.world_size}" if result.world_size > 1 else ""
         errors.print(
-            f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}",
+            f"interrupted: saved step {result.step} in {run_dir}; continue with: vrnnkit train --resume {run_dir}{again}",
             soft_wrap=True, highlight=False,
         )
         raise typer.Exit(130)

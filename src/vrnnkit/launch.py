@@ -27,6 +27,7 @@ def launch_training(
     quiet: bool,
 ) -> int:
     """Run ``vrnnkit train`` with ``options`` in ``nproc`` processes; return the exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -57,12 +58,18 @@ def launch_training(
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
     )
     # The processes print their own errors; the launcher's log lines would repeat them.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         elastic_launch(launch, sys.executable)(*args)
     except ChildFailedError as error:
         codes = [failure.exitcode for failure in error.failures.values()]
         return next((code for code in codes if code in (1, 2, 130)), 1)
+    except SignalException:
+        # Ctrl-C reached the processes too: they stopped at the end of the same step, saved,
+        # and rank 0 said how to continue; the launcher has waited for them.
+        return 130
     return 0
 
 
