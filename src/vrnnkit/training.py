@@ -309,6 +309,8 @@ def join_world(device_name: str) -> tuple[World, bool]:
         raise TrainingError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     wants_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     backend = "nccl" if wants_cuda else "gloo"
+    if backend == "nccl" and world.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(world.local_rank)  # before any collective: one GPU per process
     try:
         dist.init_process_group(backend, timeout=timedelta(minutes=10))
     except (RuntimeError, ValueError) as error:
