@@ -159,7 +159,7 @@ for name, file, message in [
     ("folder", "folder.toml", "folder.toml"),
     ("invalid-toml", "invalid.toml", "not valid TOML"),
     ("unknown-key", "unknown.toml", "unknown options: hiden_dim"),
-    ("wrong-type", "types.toml", "'h_dim' must be int"),
+    ("wrong-type", "types.toml", "'h_dim' must be a whole number"),
     ("zero-size", "zero.toml", "h_dim=0"),
     ("not-utf8", "binary.toml", "cannot read config file"),
 ]:

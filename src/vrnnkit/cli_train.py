@@ -31,6 +31,7 @@ def train(
     data: Annotated[Opt[str], typer.Argument(help="A .npy/.npz/.gif/.mp4 file, or bouncing-balls (default), moving-mnist, seq-mnist.", show_default=False)] = None,
     mnist_dir: Annotated[Opt[str], _option("Folder with the MNIST IDX files (moving-mnist, seq-mnist).")] = None,
     layout: Annotated[Opt[str], _option("Layout of a data file, e.g. NTHW, TNHW, NTD (guessed by default).")] = None,
+    num_sequences: Annotated[Opt[int], _option("Generated datasets (bouncing-balls, moving-mnist): how many sequences (default 2000).", min=1)] = None,
     encoder: Annotated[Opt[str], _option("Encoder block (default auto: conv for images, mlp for vectors).")] = None,
     decoder: Annotated[Opt[str], _option("Decoder block (default auto: convT for images, mlp for vectors).")] = None,
     prior: Annotated[Opt[str], _option("Prior block (default mlp; standard-normal is VRNN-I).")] = None,

@@ -89,8 +89,11 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
         save(model, out, metadata={"inference_only": "true"})
         return {"format": fmt, "files": [str(out)]}
     if fmt == "pt2":
-        program = torch.export.export(GenerativeStep(model), _example_inputs(model, GenerativeStep))
-        with atomic_path(out) as tmp:
+        example = _example_inputs(model, GenerativeStep)
+        batch = torch.export.Dim("batch", min=1)
+        with _quiet_exporter():
+            program = torch.export.export(GenerativeStep(model), example, dynamic_shapes=tuple({0: batch} for _ in example))
+        with atomic_path(out) as tmp, _quiet_exporter():
             torch.export.save(program, tmp)
         return {"format": fmt, "files": [str(out)], "graph": "generative step (state, noise) -> (params, frame, next_state)"}
     return _export_onnx(model, out, steps, tolerance, seed)

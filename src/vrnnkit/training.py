@@ -138,7 +138,7 @@ class TrainConfig:
             raise ConfigError(f"unknown options: {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}")
         for f in dataclasses.fields(cls):
             if f.name in data and not _type_fits(data[f.name], f.type):
-                raise ConfigError(f"option {f.name!r} must be {f.type}, got {data[f.name]!r}")
+                raise ConfigError(f"option {f.name!r} must be {_type_words(str(f.type))}, got {data[f.name]!r}")
         return cls(**data)
 
 
@@ -464,9 +464,15 @@ def _train(
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip if config.clip > 0 else float("inf"))
                 finite = bool(torch.isfinite(norm)) or config.precision == "fp16"
             if not finite and not config.skip_nonfinite:
+                if saver is None:
+                    kept = "rank 0's last checkpoint is intact"
+                elif saver.saved_step:
+                    kept = f"the checkpoint of step {saver.saved_step} in {run_dir} is intact"
+                else:
+                    kept = "no checkpoint had been saved yet"
                 raise TrainingError(
-                    f"the loss or its gradient is not finite at step {step + 1}; the last checkpoint in {run_dir} "
-                    "is intact. Lower --lr, raise --clip, check the data, or pass --skip-nonfinite"
+                    f"the loss or its gradient is not finite at step {step + 1}; {kept}. "
+                    "Lower --lr, raise --clip, check the data, or pass --skip-nonfinite"
                 )
             if finite:
                 scaler.step(optimizer)
@@ -789,6 +795,14 @@ def _positive_int(value: Any) -> bool:
 
 def _non_negative_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _type_words(annotation: str) -> str:
+    """``int | None`` -> "a whole number (or nothing)": a field's type in plain words."""
+    words = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false",
+             "dict": "a table of tables"}
+    base = annotation.split("[", 1)[0].split("|")[0].strip()
+    return words.get(base, base) + (" (or left out)" if "None" in annotation else "")
 
 
 def _type_fits(value: Any, annotation: str) -> bool:

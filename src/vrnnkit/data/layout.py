@@ -81,13 +81,13 @@ def guess_layout(shape: tuple[int, ...], source: str) -> str:
     if not fitting:
         raise DataError(
             f"{source}: no known layout fits shape {shape}; tried {', '.join(candidates)}; "
-            "pass layout= to name the axes"
+            "pass layout= (--layout on the command line) to name the axes"
         )
     chosen = fitting[0]
     if len(fitting) > 1:
         warnings.warn(
             f"{source}: shape {shape} could be {' or '.join(fitting)}; read it as {chosen}. "
-            f"Pass layout= (e.g. layout={fitting[1]!r}) to choose another reading.",
+            f"Pass layout= (e.g. layout={fitting[1]!r}; --layout {fitting[1]} on the command line) to choose another reading.",
             LayoutWarning,
             stacklevel=3,
         )
