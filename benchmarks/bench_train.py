@@ -27,6 +27,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
@@ -62,11 +63,11 @@ def naive_loss(model: vrnnkit.VRNN, x: Tensor, noise: Tensor) -> Tensor:
 
 
 def floor_loss(model: vrnnkit.VRNN, x: Tensor, latent: Tensor, h: Tensor) -> Tensor:
-    """The encoder and decoder over all B*T frames at once, no recurrence: the floor."""
-    frames = x.flatten(0, 1)
-    features = model.encoder(frames)
-    params = model.decoder(latent, h)
-    return -model.likelihood.log_prob(params, frames).sum() / x.shape[0] + features.square().mean()
+    """The encoder and decoder over all B*T frames, no recurrence: the floor. They run as the
+    model runs them (in cache-sized chunks of frames on the CPU)."""
+    features = model._encode(x)
+    filtered = SimpleNamespace(f=latent.view(*x.shape[:2], -1), h=h.view(*x.shape[:2], -1))
+    return -model._log_prob_frames(x, filtered).sum() / x.shape[0] + features.square().mean()
 
 
 def make_step(parameters: list[nn.Parameter], loss_of: Callable[[], Tensor], autocast: torch.dtype | None, device: torch.device) -> Callable[[], None]:

@@ -224,3 +224,22 @@ def test_fused_time_loop_is_used_only_where_it_applies():
 
 def _parts(model):
     return model.posterior, model.rnn, model.phi_z
+
+
+def test_cpu_chunks_of_frames_give_the_same_loss_and_gradients():
+    config = vrnnkit.VRNNConfig(frame_shape=(1, 8, 8), h_dim=12, z_dim=3, encoder_options={"channels": 4}, decoder_options={"channels": 4})
+    model = vrnnkit.VRNN(config).double()
+    x = (torch.rand(3, 5, 1, 8, 8) > 0.5).double()
+
+    def loss_and_grads(chunk_elements: int):
+        model.zero_grad()
+        model.cpu_chunk_elements = chunk_elements
+        loss = model(x, generator=torch.Generator().manual_seed(0)).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    whole, whole_grads = loss_and_grads(1 << 30)
+    chunked, chunked_grads = loss_and_grads(4 * 64)  # 4 frames a chunk: 15 frames in 4 chunks
+    torch.testing.assert_close(chunked, whole, rtol=1e-10, atol=1e-10)
+    for a, b in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
