@@ -42,15 +42,9 @@ def train(
     ``on_log(record)`` and ``on_step(step, model)`` as in ``vrnnkit.training.train``.
     Under ``torchrun`` every process calls this; see ``vrnnkit.training.train``.
     """
-    settings: dict[str, Any] = {}
-    if resume is not None:
-        settings.update(_resumed_settings(Path(resume)))
-    if config is not None:
-        settings.update(read_toml(Path(config)))
     if data is not None:
         options["data"] = data
-    settings.update(options)
-    train_config = TrainConfig.from_dict(settings)
+    train_config = merged_config(options, resume=resume, config=config)
     # Under torchrun every process gets here: they join their group first, so that they can
     # agree on a new run folder's name (rank 0's).
     world, owns_group = join_world(train_config.device)
@@ -72,6 +66,23 @@ def train(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def merged_config(
+    options: dict[str, Any],
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> TrainConfig:
+    """The training config from its sources, last one winning: the defaults, a resumed run's
+    own options, a TOML file, then ``options``."""
+    settings: dict[str, Any] = {}
+    if resume is not None:
+        settings.update(_resumed_settings(Path(resume)))
+    if config is not None:
+        settings.update(read_toml(Path(config)))
+    settings.update(options)
+    return TrainConfig.from_dict(settings)
 
 
 def _resumed_settings(run_dir: Path) -> dict[str, Any]:

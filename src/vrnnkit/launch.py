@@ -31,16 +31,11 @@ def launch_training(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from vrnnkit.api import _new_run_dir, _resumed_settings, read_toml
-    from vrnnkit.training import BUILTIN_DATA, TrainConfig, open_source
+    from vrnnkit.api import _new_run_dir, merged_config
+    from vrnnkit.training import BUILTIN_DATA, open_source
 
     # Check the options here, once, rather than letting every process fail on them.
-    settings: dict[str, Any] = {}
-    if resume is not None:
-        settings.update(_resumed_settings(resume))
-    if config is not None:
-        settings.update(read_toml(config))
-    train_config = TrainConfig.from_dict({**settings, **options})
+    train_config = merged_config(options, resume=resume, config=config)
     if train_config.data not in BUILTIN_DATA:
         open_source(train_config.data, count=1, length=1, seed=0, layout=train_config.layout)
     if out is None and resume is None:

@@ -46,6 +46,7 @@ from vrnnkit.checkpoint import save
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, ConfigError, RunError
 from vrnnkit.model import VRNN
+from vrnnkit.registry import KINDS
 
 BUILTIN_DATA = ("bouncing-balls", "moving-mnist", "seq-mnist")
 TRAINER_FORMAT = "vrnnkit-trainer"
@@ -118,12 +119,11 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        kinds = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
         if not isinstance(self.block_options, dict):
-            raise ConfigError(f"block_options must be a table of tables keyed by block kind ({', '.join(kinds)}), got {self.block_options!r}")
+            raise ConfigError(f"block_options must be a table of tables keyed by block kind ({', '.join(KINDS)}), got {self.block_options!r}")
         for kind, options in self.block_options.items():
-            if kind not in kinds:
-                raise ConfigError(f"block_options has an unknown block kind {kind!r}; expected one of {', '.join(kinds)}")
+            if kind not in KINDS:
+                raise ConfigError(f"block_options has an unknown block kind {kind!r}; expected one of {', '.join(KINDS)}")
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"block_options.{kind} must be a table of named options, got {options!r}")
 
@@ -225,14 +225,6 @@ def build_dataset(config: TrainConfig) -> tuple[Dataset, Dataset | None, tuple[i
     return training, validation, tuple(sequences.frame_shape)
 
 
-def _epoch_batches(size: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: a permutation drawn from (seed, epoch) alone, so a resumed run
-    sees the same order; the last partial batch is dropped."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(size, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, size - batch_size + 1, batch_size)]
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -265,7 +257,7 @@ def model_config(config: TrainConfig, frame_shape: tuple[int, ...]) -> VRNNConfi
         frame_shape=frame_shape, h_dim=config.h_dim, z_dim=config.z_dim, rnn_layers=config.layers,
         encoder=config.encoder, decoder=config.decoder, prior=config.prior, posterior=config.posterior,
         rnn=config.rnn, likelihood=config.likelihood,
-        **{f"{kind}_options": dict(options.get(kind, {})) for kind in ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")},
+        **{f"{kind}_options": dict(options.get(kind, {})) for kind in KINDS},
     )
 
 
@@ -322,8 +314,7 @@ def broadcast_text(text: str, world: World) -> str:
     """Rank 0's ``text`` on every rank (a run folder name, say): bytes in a tensor, no pickle."""
     if not world.distributed:
         return text
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    data = torch.zeros(1024, dtype=torch.uint8, device=device)
+    data = torch.zeros(1024, dtype=torch.uint8, device=_collective_device())
     encoded = text.encode("utf-8")[:1023]
     if world.is_main:
         data[: len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8)
@@ -331,20 +322,25 @@ def broadcast_text(text: str, world: World) -> str:
     return bytes(data.cpu().tolist()).rstrip(b"\0").decode("utf-8")
 
 
-def _any_rank(flag: bool, world: World, device: torch.device) -> bool:
+def _collective_device() -> torch.device:
+    """Where tensors for collectives live: this process's GPU under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _any_rank(flag: bool, world: World) -> bool:
     """True on every rank when ``flag`` is true on any."""
     if not world.distributed:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
 
-def _gather_states(state: torch.Tensor, world: World, device: torch.device) -> list[torch.Tensor]:
+def _gather_states(state: torch.Tensor, world: World) -> list[torch.Tensor]:
     """Every rank's random-generator state, on every rank (the checkpoint keeps them all)."""
     if not world.distributed:
         return [state]
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    on = _collective_device()
     gathered = [torch.empty_like(state, device=on) for _ in range(world.size)]
     dist.all_gather(gathered, state.to(on))
     return [g.cpu() for g in gathered]
@@ -484,11 +480,11 @@ def _train(
             window_steps += 1
             if on_step:
                 on_step(step, model)
-            stopping = _any_rank(stop.raised, world, device)
+            stopping = _any_rank(stop.raised, world)
             if step % config.every == 0 or step == total or stopping:
                 periodic_start = time.perf_counter()
                 elapsed = time.perf_counter() - window_start
-                states = _gather_states(noise.get_state(), world, device)
+                states = _gather_states(noise.get_state(), world)
                 failure = None
                 if saver is not None:
                     metrics = {
@@ -505,7 +501,7 @@ def _train(
                         failure = error
                     if on_log and failure is None:
                         on_log({**metrics, "total": total})
-                if _any_rank(failure is not None, world, device):
+                if _any_rank(failure is not None, world):
                     raise failure or TrainingError(f"rank 0 could not save step {step}; see its message")
                 timings["periodic"] += time.perf_counter() - periodic_start
                 window_start, window_steps = time.perf_counter(), 0
