@@ -256,3 +256,17 @@ def test_options_of_other_formats_are_rejected(tmp_path, option, found):
     np.save(tmp_path / "video.npy", np.zeros((2, 3, 4, 4), np.uint8))
     with raises_naming(tmp_path / "video.npy", found, "found a .npy file"):
         load_sequences(tmp_path / "video.npy", layout="NTHW", **option)
+
+
+def test_npz_needing_a_newer_zip_version_is_a_data_error(tmp_path):
+    # Found by the fuzzer: zipfile raises NotImplementedError for "zip file version 6.4".
+    import struct
+
+    path = tmp_path / "clip.npz"
+    np.savez(path, clip=np.zeros((2, 3, 4), np.uint8))
+    raw = bytearray(path.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    struct.pack_into("<H", raw, central + 6, 64)  # version needed to extract: 6.4
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="clip.npz"):
+        load_sequences(path)

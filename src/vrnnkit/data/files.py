@@ -139,7 +139,7 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
             )
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
+    except (ValueError, OSError, zipfile.BadZipFile, NotImplementedError) as err:  # NotImplementedError: zip features zipfile lacks
         raise DataError(
             f"{path}: expected a NumPy .npz archive, found an unreadable file ({err})"
         ) from err
