@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import vrnnkit.blocks  # noqa: F401  (registers the built-in blocks before names are checked)
+from vrnnkit._checks import is_count
 from vrnnkit.errors import ConfigError
-from vrnnkit.registry import is_registered, list_blocks
+from vrnnkit.registry import get_builder, is_registered, list_blocks
 
 _BLOCK_FIELDS = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
 _SIZE_FIELDS = ("z_dim", "h_dim", "feature_dim", "latent_feature_dim", "rnn_layers")
@@ -46,31 +47,32 @@ class VRNNConfig:
 
     def __post_init__(self) -> None:
         shape = self.frame_shape
-        if (
-            not isinstance(shape, (tuple, list))
-            or len(shape) not in (1, 3)
-            or not all(_is_positive_int(s) for s in shape)
-        ):
-            raise ConfigError(
-                f"frame_shape must be (D,) for vectors or (C, H, W) for images, "
-                f"with positive integer sizes; got {shape!r}"
-            )
-        self.frame_shape = tuple(int(s) for s in shape)
-        if self.feature_dim is None:
-            self.feature_dim = self.h_dim
-        if self.latent_feature_dim is None:
-            self.latent_feature_dim = self.h_dim
-        bad = [f"{k}={getattr(self, k)!r}" for k in _SIZE_FIELDS if not _is_positive_int(getattr(self, k))]
+        if shape is not None:
+            if not isinstance(shape, (tuple, list)) or len(shape) not in (1, 3) or not all(is_count(s) for s in shape):
+                raise ConfigError(
+                    f"frame_shape must be (D,) for vectors or (C, H, W) for images, "
+                    f"with positive integer sizes; got {shape!r}"
+                )
+            self.frame_shape = tuple(int(s) for s in shape)
+            if self.feature_dim is None:
+                self.feature_dim = self.h_dim
+            if self.latent_feature_dim is None:
+                self.latent_feature_dim = self.h_dim
+        bad = [
+            f"{k}={getattr(self, k)!r}" for k in _SIZE_FIELDS
+            if not is_count(getattr(self, k)) and not (shape is None and getattr(self, k) is None)
+        ]
         if bad:
             raise ConfigError(f"sizes must be positive integers, got {', '.join(bad)}")
-        image = self.is_image
-        if self.encoder == "auto":
-            self.encoder = "conv" if image else "mlp"
-        if self.decoder == "auto":
-            self.decoder = "convT" if image else "mlp"
+        if shape is not None:
+            if self.encoder == "auto":
+                self.encoder = "conv" if self.is_image else "mlp"
+            if self.decoder == "auto":
+                self.decoder = "convT" if self.is_image else "mlp"
         for kind in _BLOCK_FIELDS:
             name = getattr(self, kind)
-            if not isinstance(name, str) or not is_registered(kind, name):
+            unresolved = shape is None and kind in ("encoder", "decoder") and name == "auto"
+            if not isinstance(name, str) or not (unresolved or is_registered(kind, name)):
                 known = ", ".join(list_blocks(kind))
                 raise ConfigError(f"unknown {kind} block {name!r}; registered {kind} blocks: {known}")
             options = getattr(self, f"{kind}_options")
@@ -80,12 +82,22 @@ class VRNNConfig:
     @property
     def is_image(self) -> bool:
         """Whether frames are images (C, H, W) rather than vectors (D,)."""
-        return len(self.frame_shape) == 3
+        return self.frame_shape is not None and len(self.frame_shape) == 3
+
+    @property
+    def likelihood_support(self) -> str:
+        """Where the likelihood's data lives, as the block declares it (``support``):
+        ``"unit-interval"`` (data must lie in [0, 1]) or ``"real"`` (the default)."""
+        return getattr(get_builder("likelihood", self.likelihood), "support", "real")
+
+    def with_frame_shape(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
+        """This config for frames of ``frame_shape``: ``auto`` blocks and sizes resolved."""
+        return dataclasses.replace(self, frame_shape=tuple(frame_shape))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the frame shape as a list)."""
         data = dataclasses.asdict(self)
-        data["frame_shape"] = list(self.frame_shape)
+        data["frame_shape"] = None if self.frame_shape is None else list(self.frame_shape)
         return data
 
     def to_json(self) -> str:
@@ -102,7 +114,7 @@ class VRNNConfig:
             raise ConfigError(
                 f"unknown config keys: {', '.join(unknown)}; valid keys: {', '.join(fields)}"
             )
-        if "frame_shape" not in data:
+        if data.get("frame_shape") is None:
             raise ConfigError("a VRNN config needs 'frame_shape'")
         for name in _BLOCK_FIELDS:
             if name in data and not isinstance(data[name], str):
@@ -119,7 +131,3 @@ class VRNNConfig:
         except json.JSONDecodeError as error:
             raise ConfigError(f"the VRNN config is not valid JSON: {error}") from None
         return cls.from_dict(data)
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -61,11 +61,7 @@ class FilterStep(nn.Module):
         self.model = model
 
     def forward(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.model
-        e = m.encoder(frame)
-        mean, std = m.posterior(e, m.rnn.output(state))
-        z = mean + std * noise
-        return m.rnn.step(m.rnn.precompute(e), m.phi_z(z), state), z
+        return self.model.filter_step(frame, state, noise)
 
 
 def filter_path(out: Path) -> Path:

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from vrnnkit._checks import check_counts
 from vrnnkit.config import VRNNConfig
 from vrnnkit.distributions import normal_kl, normal_log_prob, randn
 from vrnnkit.errors import ConfigError, DataError
@@ -86,6 +87,8 @@ class VRNN(nn.Module):
 
     def __init__(self, config: VRNNConfig) -> None:
         super().__init__()
+        if config.frame_shape is None:
+            raise ConfigError("the config has no frame_shape; set one (VRNNConfig.with_frame_shape) to build a VRNN")
         self.config = config
         c = config
         self.likelihood = _build(c, "likelihood")
@@ -175,8 +178,7 @@ class VRNN(nn.Module):
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k (importance samples) must be a positive integer, got {k!r}")
+        check_counts(k=k)
         if chunk_size is None:
             chunk_size = self.iwae_chunk_size(batch, steps, k)
         features = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
@@ -223,7 +225,7 @@ class VRNN(nn.Module):
         Latents come from the prior; each frame is the likelihood's mean (``mean=True``) or a
         draw from it, and is fed back through phi_x to update the state.
         """
-        _check_count(num=num, steps=steps)
+        check_counts(num=num, steps=steps)
         device, dtype = self._device_dtype()
         state = self.rnn.initial_state(num, device=device, dtype=dtype)
         return self._generate(state, steps, generator, mean)
@@ -246,7 +248,7 @@ class VRNN(nn.Module):
         their latent draws, the posterior's included.
         """
         batch, steps = self._check_frames(context, "context")
-        _check_count(horizon=horizon, samples=samples)
+        check_counts(horizon=horizon, samples=samples)
         features = self._encode(context).repeat_interleave(samples, dim=0)
         filtered = self._filter(features, self._noise(steps, batch * samples, context, generator))
         frames = self._generate(filtered.state, horizon, generator, mean)
@@ -295,6 +297,16 @@ class VRNN(nn.Module):
         self.encoder.compile(**options)
         self.decoder.compile(**options)
         self._compiled_step = torch.compile(self._recurrent_step, **options)
+
+    def filter_step(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of filtering a real frame (B, *frame) from ``state`` with posterior noise
+        (B, z_dim): the next state and the latent z_t drawn from q.
+
+        The exported ONNX filtering graph is this function."""
+        e = self.encoder(frame)
+        mean, std = self.posterior(e, self.rnn.output(state))
+        z = torch.addcmul(mean, std, noise)
+        return self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state), z
 
     def generate_step(
         self, state: Tensor, noise: Tensor, *, mean: bool = True, generator: torch.Generator | None = None
@@ -402,9 +414,3 @@ def _build(config: VRNNConfig, kind: str, **shape_arguments: Any) -> nn.Module:
         return build(kind, name, **shape_arguments, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"cannot build {kind} block {name!r} with options {options}: {error}") from None
-
-
-def _check_count(**counts: int) -> None:
-    for name, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -81,6 +81,9 @@ class Likelihood(nn.Module):
     """p(x_t | z_t, h_{t-1}) from the decoder's parameters, shaped (N, P, *frame)."""
 
     params_per_element: int
+    support: str = "real"
+    """Where the data lives: ``"real"``, or ``"unit-interval"`` for likelihoods whose targets
+    must lie in [0, 1] (vrnnkit then checks the data's range before training or evaluating)."""
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
         """log p(x) per frame, summed over the frame's elements: shape (N,)."""
