@@ -268,5 +268,5 @@ def test_npz_needing_a_newer_zip_version_is_a_data_error(tmp_path):
     central = raw.find(b"PK\x01\x02")
     struct.pack_into("<H", raw, central + 6, 64)  # version needed to extract: 6.4
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="clip.npz"):
+    with pytest.raises(DataError, match=r"clip\.npz"):
         load_sequences(path)
