@@ -3,8 +3,8 @@
 For one configuration and device it times three things on the same batch, in alternating
 rounds, and prints sequences/s, frames/s and peak memory:
 
-- **vrnnkit**: a full training step as ``vrnnkit train`` runs it (forward, backward, gradient
-  clipping, Adam);
+- **vrnnkit**: ``vrnnkit.training.train_step``, the step ``vrnnkit train`` runs (forward,
+  backward through the grad scaler, gradient clipping, the non-finite check, Adam);
 - **naive**: the same model, the same weights and optimizer, with the whole step inside the
   time loop (encoder, prior, posterior, decoder and likelihood called once per frame), as the
   reference PyTorch VRNN does -> ratio (a) = vrnnkit throughput / naive throughput;
@@ -68,6 +68,20 @@ def floor_loss(model: vrnnkit.VRNN, x: Tensor, latent: Tensor, h: Tensor) -> Ten
     features = model._encode(x)
     filtered = SimpleNamespace(f=latent.view(*x.shape[:2], -1), h=h.view(*x.shape[:2], -1))
     return -model._log_prob_frames(x, filtered).sum() / x.shape[0] + features.square().mean()
+
+
+def make_train_step(model: vrnnkit.VRNN, x: Tensor, generator: torch.Generator, precision: str, device: torch.device) -> Callable[[], None]:
+    """The real training step of ``vrnnkit train`` (KL weight 1, the references' lr and clip)."""
+    from vrnnkit.training import TrainConfig, make_scaler, train_step
+
+    config = TrainConfig(precision=precision, lr=1e-4, clip=10.0, kl_anneal=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = make_scaler(config, device)
+
+    def step() -> None:
+        train_step(model, x, optimizer, scaler, config, step=0, generator=generator)
+
+    return step
 
 
 def make_step(parameters: list[nn.Parameter], loss_of: Callable[[], Tensor], autocast: torch.dtype | None, device: torch.device) -> Callable[[], None]:
@@ -173,7 +187,9 @@ def main() -> None:
     if args.skip_naive:
         del losses["naive"]
     flops = {name: count_flops(loss) for name, loss in losses.items()}
-    steps_of = {name: make_step(blocks if name == "floor" else every, loss, autocast, device) for name, loss in losses.items()}
+    steps_of = {"vrnnkit": make_train_step(model, x, generator, args.precision, device)}
+    steps_of.update({name: make_step(blocks if name == "floor" else every, loss, autocast, device)
+                     for name, loss in losses.items() if name != "vrnnkit"})
 
     compile_start = time.perf_counter()
     steps_of["vrnnkit"]()  # the first call compiles, with --compile

@@ -24,7 +24,7 @@ import typer.main
 from typer.testing import CliRunner
 
 import vrnnkit
-import vrnnkit.cli  # imports cli_train and cli_infer, which register their commands
+import vrnnkit.cli  # imports the command modules, which register their commands
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -219,8 +219,8 @@ def test_training_md_lists_every_option_of_vrnnkit_train():
 
 
 def test_every_example_config_is_a_valid_training_config():
-    from vrnnkit.api import read_toml
     from vrnnkit.training import TrainConfig
+    from vrnnkit.training.config import read_toml
 
     paths = sorted((ROOT / "examples").glob("*.toml"))
     assert len(paths) >= 3

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from vrnnkit import VRNNConfig
-from vrnnkit.api import read_toml
 from vrnnkit.data import load_mnist, load_sequences, open_sequences
 from vrnnkit.errors import ConfigError, DataError, VRNNKitError
 from vrnnkit.training import TrainConfig
+from vrnnkit.training.config import read_toml
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::vrnnkit.data.LayoutWarning"),
@@ -194,7 +194,7 @@ JUNK = st.recursive(
     max_leaves=6,
 )
 MODEL_KEYS = [*(f.name for f in __import__("dataclasses").fields(VRNNConfig)), "junk", ""]
-TRAIN_KEYS = [*(f.name for f in __import__("dataclasses").fields(TrainConfig)), "hiden_dim"]
+TRAIN_KEYS = [*TrainConfig.option_names(), "hiden_dim"]
 
 
 def _plausible(key: str):
@@ -240,7 +240,7 @@ def test_train_config_from_dict_is_valid_or_config_error(data):
         config = TrainConfig.from_dict(data)
     except ConfigError:
         return
-    assert config.h_dim > 0 and config.batch_size > 0 and 0 <= config.val_fraction < 1
+    assert config.model.h_dim > 0 and config.batch_size > 0 and 0 <= config.val_fraction < 1
 
 
 TOML_LINES = st.one_of(

@@ -42,7 +42,7 @@ DEGENERATE = [
 def test_training_stays_finite_on_degenerate_data(tmp_path, array, layout, options):
     np.save(tmp_path / "data.npy", array)
     settings = {"steps": 30, "h_dim": 8, "z_dim": 4, "seq_len": 4, "batch_size": 2, "every": 10, "kl_anneal": 0, **options}
-    config = TrainConfig(data=str(tmp_path / "data.npy"), layout=layout, **settings)
+    config = TrainConfig.from_dict({"data": str(tmp_path / "data.npy"), "layout": layout, **settings})
     result = train(config, tmp_path / "run")
     assert result.step == settings["steps"]
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

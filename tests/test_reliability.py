@@ -124,7 +124,7 @@ def _fail_nth_call(monkeypatch, target: str, n: int, error: OSError) -> None:
 
 
 def test_a_full_disk_at_a_save_stops_with_what_was_not_saved_and_keeps_the_last_checkpoint(tmp_path, tiny_config, monkeypatch):
-    _fail_nth_call(monkeypatch, "vrnnkit.training.save_file", 2, OSError(errno.ENOSPC, "No space left on device"))
+    _fail_nth_call(monkeypatch, "vrnnkit.training.run_dir.save_file", 2, OSError(errno.ENOSPC, "No space left on device"))
     out = tmp_path / "run"
     result = _train(*TINY, "--config", str(tiny_config), "--steps", "6", "--every", "2", "--out", str(out))
     assert result.exit_code == 1, result.output

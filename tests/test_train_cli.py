@@ -204,11 +204,84 @@ def test_compile_option_compiles_the_batched_blocks_and_the_recurrent_step(tmp_p
 
 def test_the_example_config_files_parse():
     from tests.conftest import ROOT
-    from vrnnkit.api import read_toml
     from vrnnkit.training import TrainConfig
+    from vrnnkit.training.config import read_toml
 
     files = sorted((ROOT / "examples").glob("*.toml"))
     assert files
     for path in files:
         config = TrainConfig.from_dict(read_toml(path))
         assert config.steps or config.epochs, path
+
+
+def test_an_unknown_block_fails_with_exit_code_2_before_any_data_is_made_or_read(tmp_path, monkeypatch):
+    import vrnnkit.data.sources as sources
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was generated or read before the block names were checked")
+
+    for name in ("open_source", "build_dataset", "bouncing_balls", "open_sequences", "load_mnist"):
+        monkeypatch.setattr(sources, name, no_data)
+    monkeypatch.setattr("vrnnkit.training.loop.build_dataset", no_data)
+    result = train_cli("--decoder", "nosuch", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "unknown decoder block 'nosuch'" in result.output and "convT, mlp" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_feature_sizes_and_block_options_from_the_command_line_reach_the_model(tmp_path, tiny_config):
+    result = train_cli(
+        "--config", str(tiny_config), "--steps", "1", "--h-dim", "8", "--z-dim", "3", "--seq-len", "4",
+        "--feature-dim", "6", "--latent-feature-dim", "5", "--decoder-option", "channels=2",
+        "--likelihood-option", "std=0.1", "--likelihood", "gaussian", "--out", str(tmp_path / "run"), "-q",
+    )
+    assert result.exit_code == 0, result.output
+    config = vrnnkit.load(tmp_path / "run" / "model.safetensors").config
+    assert (config.feature_dim, config.latent_feature_dim) == (6, 5)
+    # --decoder-option merges with the file's decoder table, option by option.
+    assert config.decoder_options == {"channels": 2} and config.encoder_options == {"channels": 4}
+    assert config.likelihood_options == {"std": 0.1}
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["feature_dim"] == 6 and saved["block_options"]["likelihood"] == {"std": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        (["channels=64"], {"channels": 64}),
+        (["std=0.1", "learned=true", "name=wide", "text=\"7\""], {"std": 0.1, "learned": True, "name": "wide", "text": "7"}),
+        (["a = 1", "a=2"], {"a": 2}),
+    ],
+)
+def test_block_option_values_are_read_as_scalars(pairs, expected):
+    from vrnnkit.training.config import block_options_from_pairs
+
+    assert block_options_from_pairs({"decoder": pairs}) == {"decoder": expected}
+
+
+def test_a_block_option_without_a_value_is_a_usage_error(tmp_path):
+    result = train_cli("--decoder-option", "channels", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "--decoder-option takes KEY=VALUE" in result.output
+
+
+def test_feature_sizes_and_block_tables_are_settable_in_toml():
+    from vrnnkit.training import TrainConfig
+
+    config = TrainConfig.from_dict({"feature_dim": 12, "latent_feature_dim": 7, "block_options": {"rnn": {"learn_initial_state": True}}})
+    assert (config.model.feature_dim, config.model.latent_feature_dim) == (12, 7)
+    assert config.model.rnn_options == {"learn_initial_state": True}
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_train_help_groups_the_options_in_panels_and_shows_flags_as_flags():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for panel in ("Data", "Model", "Optimisation", "Run"):
+        assert f"─ {panel} " in result.output
+    compile_line = next(line for line in result.output.splitlines() if "--compile" in line)
+    assert "<bool>" not in compile_line
+    h_dim_line = next(line for line in result.output.splitlines() if "--h-dim" in line)
+    assert f"(default {vrnnkit.training.TrainConfig().model.h_dim})" in h_dim_line

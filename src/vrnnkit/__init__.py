@@ -7,11 +7,10 @@
 """
 
 from vrnnkit._version import __version__
-from vrnnkit.api import train
+from vrnnkit.api import evaluate, generate_dataset, predict, predict_file, sample, train
 from vrnnkit.checkpoint import load, read_metadata, save
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, RegistryError, VRNNKitError
-from vrnnkit.evaluation import evaluate
 from vrnnkit.model import VRNN, VRNNOutput
 from vrnnkit.registry import build, list_blocks, register
 
@@ -27,10 +26,14 @@ __all__ = [
     "__version__",
     "build",
     "evaluate",
+    "generate_dataset",
     "list_blocks",
     "load",
+    "predict",
+    "predict_file",
     "read_metadata",
     "register",
+    "sample",
     "save",
     "train",
 ]

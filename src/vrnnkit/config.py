@@ -24,9 +24,13 @@ class VRNNConfig:
     ``decoder`` default to ``"auto"``: ``conv``/``convT`` for images, ``mlp`` for vectors. Each
     block's ``*_options`` are passed to its builder as keywords (for example
     ``decoder_options={"channels": 64}`` or ``likelihood_options={"std": 0.1}``).
+
+    ``frame_shape=None`` describes a model whose frames are not known yet (a training config,
+    whose data decides them): its names are checked, ``auto`` blocks and the feature sizes stay
+    unresolved until ``with_frame_shape``, and it cannot build a VRNN.
     """
 
-    frame_shape: tuple[int, ...]
+    frame_shape: tuple[int, ...] | None = None
     z_dim: int = 16
     h_dim: int = 128
     feature_dim: int | None = None  # width of phi_x(x_t); defaults to h_dim

@@ -18,6 +18,10 @@ class RunError(VRNNKitError):
     """A failure while running (not bad input): a non-finite loss, a failed export check."""
 
 
+class TrainingError(RunError):
+    """Training cannot go on: a non-finite loss, a device that is not there, a broken run folder."""
+
+
 class ConfigError(VRNNKitError, ValueError):
     """A model or training configuration is invalid (a size, a block name, a frame shape)."""
 

@@ -1,8 +1,10 @@
 """``vrnnkit train --nproc N``: the same processes as ``torchrun --standalone --nproc-per-node N``.
 
-It uses torchrun's own engine (``torch.distributed.launcher``) with one difference: when a
-process fails, the user sees that process's own message and exit code, not the launcher's
-report with its traceback.
+It uses torchrun's own engine (``torch.distributed.launcher``) with two differences: the
+processes read the configuration resolved here from the run folder's config.json (one
+source of truth, not options turned back into command-line arguments), and when a process
+fails the user sees that process's own message and exit code, not the launcher's report
+with its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from vrnnkit.errors import ConfigError
+from vrnnkit._atomic import write_json
+from vrnnkit.data.sources import check_source
+from vrnnkit.training.config import resolve_config
+from vrnnkit.training.run_dir import check_new_run, new_run_dir
 
 
 def launch_training(
@@ -31,19 +36,17 @@ def launch_training(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from vrnnkit.api import _new_run_dir, merged_config
-    from vrnnkit.training import BUILTIN_DATA, open_source
-
-    # Check the options here, once, rather than letting every process fail on them.
-    train_config = merged_config(options, resume=resume, config=config)
-    if train_config.data not in BUILTIN_DATA:
-        open_source(train_config.data, count=1, length=1, seed=0, layout=train_config.layout)
-    if out is None and resume is None:
-        out = _new_run_dir()
-    args = ["-m", "vrnnkit", "train", *_command_line(options)]
-    args += ["--out", str(out)] if out is not None else []
-    args += ["--resume", str(resume)] if resume is not None else []
-    args += ["--config", str(config)] if config is not None else []
+    # Check the options and the data here, once, rather than letting every process fail on them.
+    train_config = resolve_config(options, resume=resume, config=config)
+    check_source(train_config.data, train_config.layout)
+    run_dir = resume if resume is not None else out if out is not None else new_run_dir()
+    if resume is None:
+        check_new_run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = run_dir / "config.json"
+    write_json(resolved, {"train": train_config.to_dict()})
+    args = ["-m", "vrnnkit", "train", "--config", str(resolved)]
+    args += ["--resume", str(resume)] if resume is not None else ["--out", str(run_dir)]
     args += ["--quiet"] if quiet else []
     if "OMP_NUM_THREADS" not in os.environ:
         # N processes share the cores: without this each would start a thread per core.
@@ -66,19 +69,3 @@ def launch_training(
         # and rank 0 said how to continue; the launcher has waited for them.
         return 130
     return 0
-
-
-def _command_line(options: dict[str, Any]) -> list[str]:
-    """``vrnnkit train`` options back into command-line arguments."""
-    args: list[str] = []
-    for key, value in options.items():
-        if key == "data":
-            args.insert(0, str(value))
-        elif isinstance(value, bool):
-            if value:
-                args.append(f"--{key.replace('_', '-')}")
-        elif isinstance(value, (int, float, str, Path)):
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        else:
-            raise ConfigError(f"option {key} cannot be passed to the training processes")
-    return args

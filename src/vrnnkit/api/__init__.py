@@ -1,0 +1,38 @@
+"""The Python API: one function per ``vrnnkit`` command, for notebooks and scripts too.
+
+    import vrnnkit.api as api
+    result = api.train(steps=500, out="runs/demo")               # vrnnkit train
+    model, path = api.load_model("runs/latest")                  # the --ckpt of every command
+    clips = api.sample(model, num=8, steps=20, out="s.gif")      # vrnnkit sample
+    futures = api.predict(model, videos, context=5, samples=3)   # on arrays; predict_file on files
+    report = api.evaluate(model, "bouncing-balls")               # vrnnkit eval (an array works too)
+    api.export(model, "m.onnx")                                  # vrnnkit export
+    array = api.generate_dataset("bouncing-balls", 100, seed=3)  # vrnnkit data bouncing-balls --seed 3
+"""
+
+from vrnnkit.api._datasets import generate_dataset, write_dataset
+from vrnnkit.api._inference import (
+    Prediction,
+    evaluate,
+    load_model,
+    predict,
+    predict_file,
+    read_input,
+    sample,
+)
+from vrnnkit.api._train import train
+from vrnnkit.export import export
+
+__all__ = [
+    "Prediction",
+    "evaluate",
+    "export",
+    "generate_dataset",
+    "load_model",
+    "predict",
+    "predict_file",
+    "read_input",
+    "sample",
+    "train",
+    "write_dataset",
+]

@@ -1,0 +1,195 @@
+"""Using a trained model: ``load_model``, ``sample``, ``predict`` (arrays) and
+``predict_file`` (files), ``evaluate``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vrnnkit._atomic import write_json
+from vrnnkit.checkpoint import find_checkpoint, load
+from vrnnkit.data import check_unit_range, load_sequences
+from vrnnkit.data.sources import open_source
+from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
+from vrnnkit.evaluation import evaluate as evaluate_sequences
+from vrnnkit.metrics import prediction_metrics
+from vrnnkit.model import VRNN
+from vrnnkit.render import check_output, prediction_borders, write_clips
+
+DEFAULT_HORIZON = 10
+"""Frames predicted when the data has none after the context (and generated test data's)."""
+
+
+def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
+    """The model of a .safetensors checkpoint or a run folder (default: the newest run in
+    ./runs), in eval mode, and the file it came from."""
+    path = find_checkpoint(ckpt)
+    foreign = pickle_hint(path)
+    if foreign:
+        raise CheckpointError(f"{path} is {foreign}; --ckpt takes a .safetensors file written by vrnnkit")
+    return load(path).eval(), path
+
+
+def sample(
+    model: VRNN, num: int = 8, steps: int = 20, *, seed: int = 0, mean: bool = True,
+    out: str | os.PathLike[str] | None = None,
+) -> Tensor:
+    """``num`` clips of ``steps`` frames from the prior (``VRNN.sample``), also written to
+    ``out`` (.gif, .png, .mp4, .npy; vector models .npy, .csv, .png) when given."""
+    if out is not None:
+        check_output(Path(out), image=model.config.is_image)
+    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean)
+    if out is not None:
+        write_clips(Path(out), clips)
+    return clips
+
+
+@dataclass
+class Prediction:
+    """What ``predict`` returns: the futures of each sequence, and what they are judged by."""
+
+    context: Tensor
+    """(B, context, *frame): the real frames the model saw."""
+    futures: Tensor
+    """(B, samples, horizon, *frame): the predicted frames."""
+    truth: Tensor | None
+    """(B, horizon, *frame): the real frames after the context, when the data has them."""
+    metrics: dict[str, Any] | None = None
+    """PSNR and SSIM against ``truth`` (``vrnnkit.evaluation.prediction_metrics``) for image models."""
+    no_metrics: str | None = None
+    """Why the metrics could not be computed on data that has a truth (frames too small for SSIM)."""
+
+    @property
+    def horizon(self) -> int:
+        return self.futures.shape[2]
+
+
+def predict(
+    model: VRNN, videos: Tensor, *, context: int = 5, horizon: int | None = None, samples: int = 3,
+    seed: int = 0, mean: bool = True, require_metrics: bool = False, source: str = "the input",
+) -> Prediction:
+    """Predict ``samples`` futures of each sequence in ``videos`` (B, T, *frame) from its
+    first ``context`` frames, and score them against the real frames that follow.
+
+    ``horizon`` defaults to the frames after the context, or 10 when there are none. With
+    ``require_metrics`` a prediction that cannot be scored (vector frames, no truth) is a
+    DataError before any work. ``source`` names the data in messages."""
+    length = videos.shape[1]
+    if context > length:
+        raise DataError(f"--context {context} is longer than the {length} frames of {source}")
+    if horizon is None:
+        horizon = length - context if context < length else DEFAULT_HORIZON
+    truth = videos[:, context : context + horizon]
+    has_truth = truth.shape[1] == horizon
+    image = model.config.is_image
+    if require_metrics and not (has_truth and image):
+        reason = "PSNR and SSIM apply to image frames" if not image else f"{source} has no {horizon} frames after the context to compare with"
+        raise DataError(f"--json needs metrics: {reason}")
+    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean)
+    result = Prediction(videos[:, :context], futures, truth if has_truth else None)
+    if has_truth and image:
+        try:
+            result.metrics = prediction_metrics(futures, truth, videos[:, context - 1])
+        except DataError as error:  # e.g. frames too small for SSIM's window
+            result.no_metrics = str(error)
+    return result
+
+
+def predict_file(
+    model: VRNN, path: str | os.PathLike[str], out: str | os.PathLike[str], *,
+    json_out: str | os.PathLike[str] | None = None, layout: str | None = None, resize: bool = False, **options: Any,
+) -> Prediction:
+    """``predict`` on the sequences of a file (``read_input``), written to ``out``: image
+    models as rows of [context, truth] and [context, future] clips with coloured borders
+    (.npy: the raw futures), vector models as the futures. The metrics go to ``json_out``
+    when given. ``options`` are ``predict``'s."""
+    path, out = Path(path), Path(out)
+    check_output(out, image=model.config.is_image)
+    videos = read_input(model, path, layout=layout, resize=resize)
+    _check_writable(json_out, "--json")
+    prediction = predict(model, videos, require_metrics=json_out is not None, source=str(path), **options)
+    futures = prediction.futures
+    if out.suffix.lower() == ".npy" or not model.config.is_image:
+        write_clips(out, futures if out.suffix.lower() == ".npy" else futures.flatten(0, 1))
+    else:
+        write_clips(out, *_prediction_rows(prediction))
+    if json_out is not None and prediction.metrics is not None:
+        write_json(Path(json_out), prediction.metrics)
+    return prediction
+
+
+def read_input(model: VRNN, path: str | os.PathLike[str], *, layout: str | None = None, resize: bool = False) -> Tensor:
+    """The sequences of a file as the model takes them (B, T, *frame): values checked against
+    the likelihood's support; with ``resize``, frames resized and colour converted (grey <->
+    RGB) to the model's frame shape."""
+    shape = tuple(model.config.frame_shape)
+    image = model.config.is_image
+    data = load_sequences(path, layout=layout, resize=shape[1:] if (resize and image) else None)
+    if model.config.likelihood_support == "unit-interval":
+        check_unit_range(data, str(path))
+    videos = torch.from_numpy(data)
+    if resize and image and videos.dim() == 5 and videos.shape[2] != shape[0]:
+        if shape[0] == 1:
+            videos = videos.mean(dim=2, keepdim=True)  # colour to grey
+        elif videos.shape[2] == 1:
+            videos = videos.expand(-1, -1, shape[0], -1, -1)  # grey to colour
+    if tuple(videos.shape[2:]) != shape:
+        hint = " (pass --resize to convert it)" if image and videos.dim() == 5 else ""
+        raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}{hint}")
+    return videos.contiguous()
+
+
+def _prediction_rows(prediction: Prediction) -> tuple[Tensor, Tensor]:
+    """Rows of [context, future] clips per sequence, ground truth first where there is one,
+    and their borders."""
+    context, truth, futures = prediction.context, prediction.truth, prediction.futures
+    batch, samples, horizon = futures.shape[:3]
+    rows = []
+    for b in range(batch):
+        if truth is not None:
+            rows.append(torch.cat([context[b], truth[b]]))
+        rows.extend(torch.cat([context[b], futures[b, s]]) for s in range(samples))
+    truth_rows = 1 if truth is not None else 0
+    per_sequence = prediction_borders(samples + truth_rows, context.shape[1], horizon, truth_rows)
+    return torch.stack(rows), per_sequence.repeat(batch, 1, 1)
+
+
+def _check_writable(path: str | os.PathLike[str] | None, option: str) -> None:
+    problem = None if path is None else output_problem(Path(path))
+    if problem:
+        raise ConfigError(f"cannot write {path} ({option}): {problem}")
+
+
+def evaluate(
+    model: VRNN, data: str | os.PathLike[str] | Tensor | np.ndarray | Any, *, num_sequences: int = 256,
+    mnist_dir: str | None = None, layout: str | None = None, json_out: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """``vrnnkit.evaluation.evaluate`` (whose ``options`` it takes) on test data: an array or
+    sequences as there, or a file, or a built-in data set's held-out sequences
+    (``num_sequences`` of them where they are generated). The report also goes to ``json_out``."""
+    _check_writable(json_out, "--json")
+    if isinstance(data, (str, os.PathLike)):
+        data = _held_out(model, str(data), num_sequences, mnist_dir, layout, options)
+    report = evaluate_sequences(model, data, **options)
+    if json_out is not None:
+        write_json(Path(json_out), report)
+    return report
+
+
+def _held_out(
+    model: VRNN, data: str, num_sequences: int, mnist_dir: str | None, layout: str | None, options: dict[str, Any],
+) -> Any:
+    # Generated test data is as long as the prediction needs: context and horizon.
+    length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
+    sequences = open_source(data, count=num_sequences, length=length, seed=options.get("seed", 0),
+                            mnist_dir=mnist_dir, layout=layout, held_out=True)
+    if tuple(sequences.frame_shape) != tuple(model.config.frame_shape):
+        raise DataError(f"{data} has frames of shape {tuple(sequences.frame_shape)}; the model was trained on {tuple(model.config.frame_shape)}")
+    return sequences

@@ -1,0 +1,58 @@
+"""``train``: the options of ``vrnnkit train`` -> a run folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vrnnkit.training import loop
+from vrnnkit.training.config import resolve_config
+from vrnnkit.training.distributed import World, broadcast_text, process_group
+from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir
+
+
+def train(
+    data: str | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+    **options: Any,
+) -> loop.TrainResult:
+    """Train a VRNN with the options and defaults of ``vrnnkit train``.
+
+    ``options`` are the flat options of ``TrainConfig.from_dict`` (``h_dim=32``,
+    ``block_options={"decoder": {"channels": 64}}``, ...). ``data`` is a file or
+    ``bouncing-balls`` (default), ``moving-mnist``, ``seq-mnist``; ``out`` the run folder
+    (default ``runs/<timestamp>``, then linked as ``runs/latest``); ``resume`` a run folder to
+    continue, with its own options unless ``options`` override them; ``config`` a TOML file
+    (or a run folder's config.json) of options, which ``options`` override; ``on_log(record)``
+    and ``on_step(step, model)`` as in ``vrnnkit.training.train``.
+
+    The options are checked, block names included, before any data is read. Under
+    ``torchrun`` every process calls this; it owns the process group for the run.
+    """
+    if data is not None:
+        options["data"] = data
+    train_config = resolve_config(options, resume=resume, config=config)
+    with process_group(train_config.device) as world:
+        run_dir = _run_dir(out, resume, world)
+        if resume is None:
+            check_new_run(run_dir)
+        result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step, world=world)
+        if resume is None and world.is_main:
+            link_latest(run_dir)
+        return result
+
+
+def _run_dir(out: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None, world: World) -> Path:
+    if resume is not None:
+        return Path(resume)
+    if out is not None:
+        return Path(out)
+    # Every process agrees on rank 0's name for a new run folder.
+    return Path(broadcast_text(str(new_run_dir()) if world.is_main else "", world))

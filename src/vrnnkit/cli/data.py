@@ -1,0 +1,65 @@
+"""``vrnnkit data``: the built-in data sets as uint8 .npy files (``vrnnkit.api.write_dataset``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import Progress
+
+from vrnnkit import api
+from vrnnkit.cli.common import app, errors, friendly_errors, say
+from vrnnkit.data.sources import CHUNK
+
+data_app = typer.Typer(
+    help="Generate the built-in datasets as uint8 .npy files that every vrnnkit command reads.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write (uint8, (N, T, H, W)).")]
+Count = Annotated[int, typer.Option(min=1, help="Number of sequences.")]
+Length = Annotated[int, typer.Option(min=1, help="Frames per sequence.")]
+Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same file (and vrnnkit.api.generate_dataset the same array).")]
+
+
+@data_app.command("bouncing-balls")
+@friendly_errors
+def data_bouncing_balls(
+    out: Out,
+    count: Count = 1000,
+    length: Length = 20,
+    balls: Annotated[int, typer.Option(min=1, help="Balls per sequence.")] = 3,
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels.")] = 32,
+    seed: Seed = 0,
+) -> None:
+    """Bouncing balls (Sutskever et al.): the embedded default dataset."""
+    _write(out, "bouncing-balls", count, seed=seed, length=length, balls=balls, size=size)
+
+
+@data_app.command("moving-mnist")
+@friendly_errors
+def data_moving_mnist(
+    out: Out,
+    mnist_dir: Annotated[Path, typer.Option(help="Folder with the MNIST IDX files (.gz or raw).")],
+    split: Annotated[str, typer.Option(help="Which MNIST files to read: train or test.")] = "test",
+    digit_start: Annotated[int, typer.Option(min=0, help="First digit image to use (index).")] = 0,
+    digit_stop: Annotated[Optional[int], typer.Option(help="Stop before this digit image; all by default.")] = None,  # noqa: UP045
+    stochastic: Annotated[bool, typer.Option(help="Draw a new velocity at each wall hit (SRVP's stochastic variant).")] = False,
+    count: Count = 1000,
+    length: Length = 20,
+    digits: Annotated[int, typer.Option(min=1, help="Digits per video.")] = 2,
+    canvas: Annotated[int, typer.Option(min=29, help="Canvas side in pixels.")] = 64,
+    seed: Seed = 0,
+) -> None:
+    """Moving MNIST from your MNIST files; pick disjoint digit ranges for training and test."""
+    _write(out, "moving-mnist", count, seed=seed, length=length, mnist_dir=mnist_dir, split=split,
+           digit_start=digit_start, digit_stop=digit_stop, stochastic=stochastic, digits=digits, canvas=canvas)
+
+
+def _write(out: Path, name: str, count: int, **options: Any) -> None:
+    with Progress(console=errors, transient=True, disable=count <= CHUNK) as progress:
+        task = progress.add_task(f"writing {out.name}", total=count)
+        shape = api.write_dataset(out, name, count, on_progress=lambda done, _: progress.update(task, completed=done), **options)
+    say(f"wrote {out}: {count} sequences of shape {shape[1:]}, uint8")

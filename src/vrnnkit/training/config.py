@@ -1,0 +1,278 @@
+"""The training configuration: the run's own options, and the model it trains as a VRNNConfig.
+
+Users write the options flat, in one namespace shared by a TOML file, the command line and
+the keywords of ``vrnnkit.train``: ``h_dim = 32``, ``layers = 2``, ``decoder = "convT"``,
+``[block_options.decoder] channels = 64``. ``TrainConfig.from_dict`` files the model's options
+into ``TrainConfig.model`` (so the block names are checked against the registry before any
+data is read) and the rest into the training fields; ``to_dict`` writes the flat form back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vrnnkit._checks import is_count
+from vrnnkit.config import VRNNConfig
+from vrnnkit.errors import ConfigError
+from vrnnkit.registry import KINDS
+
+DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few minutes on a CPU
+
+# The defaults make `vrnnkit train` with no arguments a run of a few minutes on a 2-core CPU
+# that ends with recognisable, moving balls; larger data wants larger settings.
+MODEL_DEFAULTS: dict[str, Any] = {"h_dim": 64}
+
+MODEL_OPTIONS = {
+    "encoder": "encoder", "decoder": "decoder", "prior": "prior", "posterior": "posterior", "rnn": "rnn",
+    "likelihood": "likelihood", "h_dim": "h_dim", "z_dim": "z_dim", "feature_dim": "feature_dim",
+    "latent_feature_dim": "latent_feature_dim", "layers": "rnn_layers",
+}
+"""The flat options that describe the model, and the VRNNConfig field each one sets."""
+BLOCK_OPTIONS = "block_options"
+"""The flat option holding each block's own options: ``{kind: {name: value}}``."""
+
+
+def default_model() -> VRNNConfig:
+    """The model of ``vrnnkit train`` with no options: its frames come from the data."""
+    return VRNNConfig(**MODEL_DEFAULTS)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``vrnnkit train``, with its default; ``model`` holds the model's."""
+
+    data: str = "bouncing-balls"
+    mnist_dir: str | None = None
+    layout: str | None = None
+    num_sequences: int = 2000  # generated datasets: how many sequences
+    model: VRNNConfig = field(default_factory=default_model)
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    clip: float = 10.0
+    kl_anneal: int = 200
+    free_bits: float = 0.0
+    seq_len: int = 10
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int = 0
+    every: int = 250
+    keep: int = 3  # checkpoints/ keeps the model of the last `keep` saves; 0 keeps none
+    compile: bool = False
+    skip_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, VRNNConfig):
+            raise ConfigError(f"model must be a VRNNConfig, got {type(self.model).__name__}")
+        positive = ("num_sequences", "batch_size", "seq_len", "every")
+        bad = [f"{k}={getattr(self, k)!r}" for k in positive if not is_count(getattr(self, k))]
+        bad += [f"{k}={getattr(self, k)!r}" for k in ("steps", "epochs") if getattr(self, k) is not None and not is_count(getattr(self, k))]
+        bad += [f"{k}={getattr(self, k)!r}" for k in ("kl_anneal", "workers", "seed", "keep") if not is_count(getattr(self, k), 0)]
+        if bad:
+            raise ConfigError(f"expected positive whole numbers (kl_anneal, workers, seed and keep may be 0), got {', '.join(bad)}")
+        for name in ("lr", "clip", "free_bits"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ConfigError("lr must be > 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+
+    @classmethod
+    def option_types(cls) -> dict[str, str]:
+        """Every flat option's name and type annotation, in the order of ``vrnnkit train``."""
+        model_fields = {f.name: str(f.type) for f in dataclasses.fields(VRNNConfig)}
+        types: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "model":
+                types.update({option: model_fields[name] for option, name in MODEL_OPTIONS.items()})
+                types[BLOCK_OPTIONS] = "dict[str, dict[str, Any]]"
+            else:
+                types[f.name] = str(f.type)
+        return types
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keys a TOML file (or ``vrnnkit.train``) may set."""
+        return list(cls.option_types())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from flat options (a TOML file, say), rejecting unknown keys and wrong types."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a training config must be a table of options, got {type(data).__name__}")
+        types = cls.option_types()
+        unknown = sorted(k if isinstance(k, str) else repr(k) for k in set(data) - set(types))
+        if unknown:
+            raise ConfigError(f"unknown options: {', '.join(unknown)}; valid options: {', '.join(sorted(types))}")
+        for name, annotation in types.items():
+            if name in data and not _type_fits(data[name], annotation):
+                raise ConfigError(f"option {name!r} must be {_type_words(annotation)}, got {data[name]!r}")
+        model = {MODEL_OPTIONS[k]: v for k, v in data.items() if k in MODEL_OPTIONS}
+        model.update(_block_options(data.get(BLOCK_OPTIONS, {})))
+        training = {k: v for k, v in data.items() if k not in MODEL_OPTIONS and k != BLOCK_OPTIONS}
+        return cls(model=VRNNConfig(**{**MODEL_DEFAULTS, **model}), **training)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat options, JSON-ready; ``from_dict`` reads them back."""
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "model":
+                data.update({option: getattr(self.model, name) for option, name in MODEL_OPTIONS.items()})
+            else:
+                data[f.name] = getattr(self, f.name)
+        blocks = {kind: dict(getattr(self.model, f"{kind}_options")) for kind in KINDS}
+        data[BLOCK_OPTIONS] = {kind: options for kind, options in blocks.items() if options}
+        return data
+
+
+def _block_options(tables: Any) -> dict[str, dict[str, Any]]:
+    """``block_options`` ({kind: {name: value}}) as VRNNConfig's ``{kind}_options`` fields."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f"block_options must be a table of tables keyed by block kind ({', '.join(KINDS)}), got {tables!r}")
+    for kind, options in tables.items():
+        if kind not in KINDS:
+            raise ConfigError(f"block_options has an unknown block kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(f"block_options.{kind} must be a table of named options, got {options!r}")
+    return {f"{kind}_options": dict(options) for kind, options in tables.items()}
+
+
+def block_options_from_pairs(pairs: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """``{"decoder": ["channels=64"]}`` (``--decoder-option channels=64``) as block options;
+    each value is read as JSON where it can be (``64``, ``0.5``, ``true``, ``"x"``) and is text
+    otherwise."""
+    tables: dict[str, dict[str, Any]] = {}
+    for kind, items in pairs.items():
+        for item in items:
+            key, equals, text = item.partition("=")
+            if not equals or not key.strip():
+                raise ConfigError(f"--{kind}-option takes KEY=VALUE, got {item!r}")
+            tables.setdefault(kind, {})[key.strip()] = _scalar(text.strip())
+    return tables
+
+
+def _scalar(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, (bool, int, float, str)) else text
+
+
+def merge_options(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``; block options merge option by option, kind by kind."""
+    merged = {**base, **update}
+    old, new = base.get(BLOCK_OPTIONS), update.get(BLOCK_OPTIONS)
+    if isinstance(old, dict) and isinstance(new, dict):
+        blocks = {kind: dict(options) if isinstance(options, dict) else options for kind, options in old.items()}
+        for kind, options in new.items():
+            current = blocks.get(kind)
+            both = isinstance(current, dict) and isinstance(options, dict)
+            blocks[kind] = {**current, **options} if both else options
+        merged[BLOCK_OPTIONS] = blocks
+    return merged
+
+
+def resolve_config(
+    options: dict[str, Any],
+    *,
+    resume: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> TrainConfig:
+    """The training config from its sources, last one winning: the defaults, a resumed run's
+    own options, a config file (TOML, or a run folder's config.json), then ``options``."""
+    settings: dict[str, Any] = {}
+    if resume is not None:
+        settings = merge_options(settings, resumed_options(Path(resume)))
+    if config is not None:
+        settings = merge_options(settings, read_config(Path(config)))
+    return TrainConfig.from_dict(merge_options(settings, options))
+
+
+def resumed_options(run_dir: Path) -> dict[str, Any]:
+    """The flat options a run folder was trained with (its config.json)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"cannot resume {run_dir}: it has no config.json (was it written by vrnnkit train?)")
+    return _run_config(path, f"cannot resume {run_dir}: {path} is not a vrnnkit run config")
+
+
+def _run_config(path: Path, problem: str) -> dict[str, Any]:
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))["train"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(problem) from None
+    if not isinstance(options, dict):
+        raise ConfigError(problem)
+    return options
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The options of a config file: TOML, or the config.json of a run folder."""
+    if path.suffix == ".json" and path.is_file():
+        return _run_config(path, f"config file {path} is not a vrnnkit run config (a config.json with a 'train' table)")
+    return read_toml(path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The options of a TOML file; keys may use the command line's dashes."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; expected a .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def _type_words(annotation: str) -> str:
+    """``int | None`` -> "a whole number (or left out)": a field's type in plain words."""
+    words = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false",
+             "dict": "a table of tables"}
+    base = annotation.split("[", 1)[0].split("|")[0].strip()
+    return words.get(base, base) + (" (or left out)" if "None" in annotation else "")
+
+
+def _type_fits(value: Any, annotation: str) -> bool:
+    """Whether ``value`` (from TOML or JSON) fits a field annotated ``annotation``, matched by
+    whole type names ("str" does not fit "dict[str, ...]")."""
+    text = str(annotation)
+    names = set(re.findall(r"[A-Za-z_]+", text.split("[", 1)[0] if text.startswith("dict") else text))
+    if value is None:
+        return "None" in names
+    if isinstance(value, bool):
+        return "bool" in names
+    if isinstance(value, int):
+        return bool(names & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in names
+    if isinstance(value, str):
+        return "str" in names
+    if isinstance(value, dict):
+        return "dict" in names
+    return False

@@ -1,0 +1,142 @@
+"""The training processes: who this one is, the process group, and the few collectives the
+loop needs (all on small tensors, no pickle).
+
+One caller owns the process group: ``process_group`` joins the group ``torchrun`` describes
+and leaves it on the way out, unless the group was there already (then its creator owns it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from vrnnkit.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one, or those ``torchrun`` started)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current_world() -> World:
+    """The world as ``torch.distributed`` or ``torchrun``'s environment describes it."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[World]:
+    """Join the process group that ``torchrun`` describes in the environment, if any, for the
+    duration of the block: gloo on the CPU, nccl on CUDA. A group that exists already is used
+    and left alone."""
+    world = current_world()
+    if not world.distributed or dist.is_initialized():
+        yield world
+        return
+    if not dist.is_available():
+        raise TrainingError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    wants_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    backend = "nccl" if wants_cuda else "gloo"
+    if backend == "nccl" and world.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(world.local_rank)  # before any collective: one GPU per process
+    try:
+        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    except (RuntimeError, ValueError) as error:
+        raise TrainingError(f"could not join the {world.size} training processes over {backend}: {error}") from None
+    try:
+        yield current_world()
+    finally:
+        dist.destroy_process_group()
+
+
+def require_group(world: World) -> None:
+    """Several processes train together only inside a process group."""
+    if world.distributed and not (dist.is_available() and dist.is_initialized()):
+        raise TrainingError(
+            f"WORLD_SIZE is {world.size} but no process group is set up: train through vrnnkit.train, "
+            "or inside vrnnkit.training.process_group"
+        )
+
+
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """The torch device for ``auto``/``cpu``/``cuda``/``mps``, or a one-line reason it is absent.
+
+    Under ``torchrun`` each process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA GPU is available to this PyTorch build on this machine")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise TrainingError("--device mps: Apple's Metal backend is not available on this machine")
+    if name == "cuda" and world is not None and world.distributed:
+        if world.local_rank >= torch.cuda.device_count():
+            raise TrainingError(
+                f"process {world.rank} has local rank {world.local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPUs; start at most one process per GPU"
+            )
+        name = f"cuda:{world.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def broadcast_text(text: str, world: World) -> str:
+    """Rank 0's ``text`` on every rank (a run folder name, say): bytes in a tensor, no pickle."""
+    if not world.distributed:
+        return text
+    data = torch.zeros(1024, dtype=torch.uint8, device=_collective_device())
+    encoded = text.encode("utf-8")[:1023]
+    if world.is_main:
+        data[: len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8)
+    dist.broadcast(data, src=0)
+    return bytes(data.cpu().tolist()).rstrip(b"\0").decode("utf-8")
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for collectives live: this process's GPU under nccl, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_states(state: torch.Tensor, world: World) -> list[torch.Tensor]:
+    """Every rank's random-generator state, on every rank (the checkpoint keeps them all)."""
+    if not world.distributed:
+        return [state]
+    on = _collective_device()
+    gathered = [torch.empty_like(state, device=on) for _ in range(world.size)]
+    dist.all_gather(gathered, state.to(on))
+    return [g.cpu() for g in gathered]
+
+
+def noise_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s latent noise: each process draws other noise, all from the run's seed."""
+    return seed + 1 + 1_000_003 * rank

@@ -1,0 +1,278 @@
+"""The run folder: what training writes, and how a run is resumed from it.
+
+    model.safetensors    the model, self-contained (``vrnnkit.load`` reads it alone)
+    trainer.safetensors  optimizer state, step, epoch, random-generator states (no pickle)
+    config.json          the resolved training configuration ({"train": options, "model": ...})
+    metrics.jsonl        one JSON line per logging step
+    best.safetensors     the model of the lowest validation loss so far
+    checkpoints/         the models of the last ``keep`` saves
+    samples.gif          clips sampled at the end (image models)
+
+Every file is replaced atomically, and the trainer state (which holds the weights too) is
+written before the model: a crash at any moment leaves a complete checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vrnnkit._atomic import atomic_path, write_json
+from vrnnkit.checkpoint import save
+from vrnnkit.config import VRNNConfig
+from vrnnkit.errors import CheckpointError, ConfigError, TrainingError
+from vrnnkit.model import VRNN
+from vrnnkit.training.config import TrainConfig
+from vrnnkit.training.distributed import World, noise_seed
+
+TRAINER_FORMAT = "vrnnkit-trainer"
+TRAINER_FORMAT_VERSION = "2"
+
+
+class RunFolder:
+    """Rank 0's writes to the run folder."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, world: World) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.world = world
+        self.saved_step = 0
+        self.best = math.inf
+
+    def _fail(self, action: str, error: OSError) -> TrainingError:
+        reason = error.strerror or str(error)
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        return TrainingError(f"cannot {action} in {self.run_dir}: {reason}{where}")
+
+    def start(self) -> None:
+        """A new run: the folder, without metrics of an earlier attempt."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        except FileExistsError:
+            raise TrainingError(f"cannot create the run folder {self.run_dir}: a file of that name is in the way") from None
+        except OSError as error:
+            raise self._fail("create the run folder", error) from None
+
+    def resume(self, step: int, best: float) -> None:
+        """A resumed run: drop what a killed process left behind after the checkpoint of ``step``."""
+        self.saved_step, self.best = step, best
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            # The temporary files of interrupted writes: ours (.NAME.tmpXXX.ext) and the
+            # safetensors library's own (.tmpXXXXXX).
+            for path in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
+                path.unlink(missing_ok=True)
+        repair_metrics(self.run_dir / "metrics.jsonl", step)
+
+    def write_config(self, model_config: VRNNConfig) -> None:
+        try:
+            write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "model": model_config.to_dict()})
+        except OSError as error:
+            raise self._fail("write config.json", error) from None
+
+    def kept_message(self) -> str:
+        """What is safe on disk, for an error that stops the run."""
+        if self.saved_step:
+            return f"the checkpoint of step {self.saved_step} in {self.run_dir} is intact"
+        return "no checkpoint had been saved yet"
+
+    def save(
+        self, model: VRNN, optimizer: torch.optim.Optimizer, noise_states: list[torch.Tensor],
+        step: int, epoch: int, metrics: dict[str, float],
+    ) -> None:
+        for parameter in model.parameters():
+            if not torch.isfinite(parameter).all():
+                raise TrainingError(f"the weights hold NaN or inf at step {step}; nothing was saved, the last checkpoint is intact")
+        val_loss = metrics.get("val_loss")
+        best = min(self.best, val_loss) if val_loss is not None and math.isfinite(val_loss) else self.best
+        try:
+            # The metrics line first: a crash before the checkpoint leaves a line past it,
+            # which resuming removes; the other order could lose a line.
+            append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+            save_trainer(self.run_dir / "trainer.safetensors", model, optimizer, noise_states, step, epoch, best, self.world)
+            header = {"step": str(step), "train_config": json.dumps(self.config.to_dict())}
+            if val_loss is not None:
+                header["val_loss"] = repr(val_loss)
+            latest = save(model, self.run_dir / "model.safetensors", metadata=header)
+            if self.config.keep > 0:
+                self._keep(latest, step)
+            if val_loss is not None and val_loss == best and best < self.best:
+                _link_or_copy(latest, self.run_dir / "best.safetensors")
+        except (OSError, CheckpointError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            since = f"steps {self.saved_step + 1}-{step} are" if step > self.saved_step + 1 else f"step {step} is"
+            kept = f"the checkpoint of step {self.saved_step}" if self.saved_step else "no earlier checkpoint"
+            raise TrainingError(
+                f"could not save step {step} in {self.run_dir}: {reason}. Training stopped; {since} not saved and "
+                f"{kept} is intact. Free some space or fix the folder, then continue with: "
+                f"vrnnkit train --resume {self.run_dir}"
+            ) from None
+        self.saved_step, self.best = step, best
+
+    def _keep(self, latest: Path, step: int) -> None:
+        """checkpoints/step-NNNNNNNN.safetensors for the last ``keep`` saves (hard links of the
+        model file where the file system allows, so they cost no space until replaced)."""
+        folder = self.run_dir / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        _link_or_copy(latest, folder / f"step-{step:08d}.safetensors")
+        kept = sorted(folder.glob("step-*.safetensors"))
+        for old in kept[: -self.config.keep]:
+            old.unlink(missing_ok=True)
+
+    def write_samples(self, model: VRNN, step: int) -> None:
+        """samples.gif: clips sampled from the prior at the end of an image model's run."""
+        from vrnnkit.render import write_clips
+
+        generator = torch.Generator().manual_seed(self.config.seed)
+        try:
+            write_clips(self.run_dir / "samples.gif", model.sample(8, self.config.seq_len, generator=generator))
+        except OSError as error:
+            raise TrainingError(
+                f"trained and saved step {step} in {self.run_dir}, but could not write samples.gif: {error.strerror or error}"
+            ) from None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def save_trainer(
+    path: Path, model: VRNN, optimizer: torch.optim.Optimizer, noise_states: list[torch.Tensor],
+    step: int, epoch: int, best: float, world: World,
+) -> None:
+    """trainer.safetensors: weights, optimizer state and every rank's noise state."""
+    tensors = {f"model.{name}": t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    for rank, state in enumerate(noise_states):
+        tensors[f"rng.noise.{rank}"] = state
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {
+        "format": TRAINER_FORMAT, "format_version": TRAINER_FORMAT_VERSION, "step": str(step), "epoch": str(epoch),
+        "best_val_loss": repr(best), "world_size": str(world.size), "model_config": model.config.to_json(),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _read_trainer(run_dir: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], VRNNConfig]:
+    trainer_path = run_dir / "trainer.safetensors"
+    if not trainer_path.is_file():
+        raise CheckpointError(f"cannot resume: {trainer_path} is missing (was {run_dir} written by vrnnkit train?)")
+    try:
+        with safe_open(str(trainer_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"cannot resume: {trainer_path} is not a readable trainer state ({error})") from None
+    if metadata.get("format") != TRAINER_FORMAT or metadata.get("format_version") != TRAINER_FORMAT_VERSION:
+        raise CheckpointError(
+            f"cannot resume: {trainer_path} is not a vrnnkit trainer state of format {TRAINER_FORMAT_VERSION}"
+        )
+    try:
+        saved_config = VRNNConfig.from_json(metadata["model_config"])
+    except (KeyError, ConfigError):
+        raise CheckpointError(f"cannot resume: {trainer_path} holds no readable model config") from None
+    return metadata, tensors, saved_config
+
+
+def load_state(
+    run_dir: Path, model: VRNN, optimizer: torch.optim.Optimizer, noise: torch.Generator, device: torch.device,
+    world: World, seed: int,
+) -> tuple[int, float]:
+    """Restore weights, optimizer and random state from ``trainer.safetensors`` alone (it is
+    written before ``model.safetensors``, so it is never the older of the two); returns the
+    step and the best validation loss so far."""
+    metadata, tensors, saved_config = _read_trainer(run_dir)
+    if saved_config != model.config:
+        raise ConfigError(
+            f"cannot resume {run_dir}: its model was built with a different configuration; "
+            "resume with the options the run was started with"
+        )
+    weights = {name[len("model."):]: t for name, t in tensors.items() if name.startswith("model.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(f"cannot resume: the weights in {run_dir / 'trainer.safetensors'} do not fit the model") from None
+    step = int(metadata["step"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor.to(device) if key != "step" else tensor
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    own = tensors.get(f"rng.noise.{world.rank}")
+    if own is not None and metadata.get("world_size", "1") == str(world.size):
+        noise.set_state(own)
+    else:
+        # Another number of processes than the run had: fresh noise, still from the seed.
+        noise.manual_seed(noise_seed(seed, world.rank) + 7919 * step)
+    torch.set_rng_state(tensors["rng.torch"])
+    return step, float(metadata.get("best_val_loss", "inf"))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def repair_metrics(path: Path, step: int) -> None:
+    """Keep the complete lines up to ``step``: a crash may have left a half-written last line,
+    and records after the checkpoint will be written again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def check_new_run(run_dir: Path) -> None:
+    """A new run may not overwrite another: resuming it is explicit."""
+    if (run_dir / "model.safetensors").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, or another --out")
+
+
+def new_run_dir(parent: Path = Path("runs")) -> Path:
+    """runs/<timestamp>, with a suffix when that folder exists."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = parent / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = parent / f"{stamp}-{suffix}"
+    return path
+
+
+def link_latest(run_dir: Path) -> None:
+    """Point runs/latest at the newest run (a relative symlink, replaced atomically)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / ".latest.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.replace(latest)
+    except OSError:  # a file system without symlinks: the run itself is fine
+        tmp.unlink(missing_ok=True)
