@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vrnnkit._checks import is_count
 from vrnnkit.data.balls import bouncing_balls
 from vrnnkit.data.datasets import WindowDataset, train_val_split
 from vrnnkit.data.files import open_sequences
@@ -149,7 +150,7 @@ def generate_chunks(name: str, count: int, *, seed: int = 0, **options: Any) -> 
     """The frame shape and the ``count`` sequences of a generated data set, ``CHUNK`` at a
     time, all drawn from one generator seeded with ``seed`` (``dataset_generator`` takes the
     ``options``)."""
-    if not isinstance(count, int) or count < 1:
+    if not is_count(count):
         raise ConfigError(f"count must be a positive whole number, got {count!r}")
     shape, draw = dataset_generator(name, **options)
     rng = np.random.default_rng(seed)
