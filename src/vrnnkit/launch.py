@@ -38,7 +38,7 @@ def launch_training(
 
     # Check the options and the data here, once, rather than letting every process fail on them.
     train_config = resolve_config(options, resume=resume, config=config)
-    check_source(train_config.data, train_config.layout)
+    check_source(train_config.data, train_config.layout, train_config.frame_size, train_config.grey)
     run_dir = resume if resume is not None else out if out is not None else new_run_dir()
     if resume is None:
         check_new_run(run_dir)

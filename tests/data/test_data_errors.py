@@ -245,17 +245,15 @@ def test_resize_to_an_empty_frame_is_rejected():
         SequenceArray(np.zeros((2, 3, 4, 4)), layout="NTHW", resize=(0, 4))
 
 
-@pytest.mark.parametrize(
-    ("option", "found"),
-    [
-        ({"key": "frames"}, "key= applies to .npz"),
-        ({"grey": True}, "grey= applies to .gif and .mp4"),
-    ],
-)
-def test_options_of_other_formats_are_rejected(tmp_path, option, found):
+def test_options_of_other_formats_are_rejected(tmp_path):
     np.save(tmp_path / "video.npy", np.zeros((2, 3, 4, 4), np.uint8))
-    with raises_naming(tmp_path / "video.npy", found, "found a .npy file"):
-        load_sequences(tmp_path / "video.npy", layout="NTHW", **option)
+    with raises_naming(tmp_path / "video.npy", "key= applies to .npz", "found a .npy file"):
+        load_sequences(tmp_path / "video.npy", layout="NTHW", key="frames")
+
+
+def test_grey_of_vectors_is_rejected():
+    with pytest.raises(DataError, match="grey applies to frames, but layout 'NTD' holds vectors"):
+        SequenceArray(np.zeros((2, 3, 4)), layout="NTD", grey=True)
 
 
 def test_npz_needing_a_newer_zip_version_is_a_data_error(tmp_path):

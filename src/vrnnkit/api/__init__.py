@@ -5,6 +5,7 @@
     model, path = api.load_model("runs/latest")                  # the --ckpt of every command
     clips = api.sample(model, num=8, steps=20, out="s.gif")      # vrnnkit sample
     futures = api.predict(model, videos, context=5, samples=3)   # on arrays; predict_file on files
+    result = api.predict_file(model, "clip.mp4", size=64, grey=True)  # writes clip-predicted.gif
     report = api.evaluate(model, "bouncing-balls")               # vrnnkit eval (an array works too)
     api.export(model, "m.onnx")                                  # vrnnkit export
     array = api.generate_dataset("bouncing-balls", 100, seed=3)  # vrnnkit data bouncing-balls --seed 3
@@ -12,7 +13,9 @@
 
 from vrnnkit.api._datasets import generate_dataset, write_dataset
 from vrnnkit.api._inference import (
+    DEFAULT_SAMPLES,
     Prediction,
+    default_prediction_path,
     evaluate,
     load_model,
     predict,
@@ -24,7 +27,9 @@ from vrnnkit.api._train import train
 from vrnnkit.export import export
 
 __all__ = [
+    "DEFAULT_SAMPLES",
     "Prediction",
+    "default_prediction_path",
     "evaluate",
     "export",
     "generate_dataset",

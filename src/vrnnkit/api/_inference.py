@@ -15,6 +15,7 @@ from torch import Tensor
 from vrnnkit._atomic import write_json
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
+from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.data.sources import open_source
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
@@ -24,6 +25,11 @@ from vrnnkit.render import check_output, prediction_borders, write_clips
 
 DEFAULT_HORIZON = 10
 """Frames predicted when the data has none after the context (and generated test data's)."""
+DEFAULT_SAMPLES = {True: "samples.gif", False: "samples.npy"}
+"""What ``vrnnkit sample`` writes, in the current folder, without ``--out`` (image, vector models)."""
+PREDICTED_SUFFIX = "-predicted"
+"""``vrnnkit predict clip.npy`` without ``--out`` writes ``clip-predicted.gif`` (vector models
+``.npy``) in the current folder."""
 
 
 def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
@@ -64,6 +70,8 @@ class Prediction:
     """PSNR and SSIM against ``truth`` (``vrnnkit.evaluation.prediction_metrics``) for image models."""
     no_metrics: str | None = None
     """Why the metrics could not be computed on data that has a truth (frames too small for SSIM)."""
+    path: Path | None = None
+    """The file ``predict_file`` wrote."""
 
     @property
     def horizon(self) -> int:
@@ -101,17 +109,32 @@ def predict(
     return result
 
 
+def default_prediction_path(path: str | os.PathLike[str], *, image: bool = True) -> Path:
+    """Where ``predict`` writes without ``--out``: ``<input stem>-predicted.gif`` (vector
+    models ``.npy``) in the current folder, never the input itself."""
+    path = Path(path)
+    out = Path(f"{path.stem}{PREDICTED_SUFFIX}{'.gif' if image else '.npy'}")
+    while out.resolve() == path.resolve():
+        out = Path(f"{out.stem}{PREDICTED_SUFFIX}{out.suffix}")
+    return out
+
+
 def predict_file(
-    model: VRNN, path: str | os.PathLike[str], out: str | os.PathLike[str], *,
-    json_out: str | os.PathLike[str] | None = None, layout: str | None = None, resize: bool = False, **options: Any,
+    model: VRNN, path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+    json_out: str | os.PathLike[str] | None = None, layout: str | None = None, resize: bool = False,
+    size: Any = None, grey: bool = False, **options: Any,
 ) -> Prediction:
-    """``predict`` on the sequences of a file (``read_input``), written to ``out``: image
-    models as rows of [context, truth] and [context, future] clips with coloured borders
-    (.npy: the raw futures), vector models as the futures. The metrics go to ``json_out``
-    when given. ``options`` are ``predict``'s."""
-    path, out = Path(path), Path(out)
+    """``predict`` on the sequences of a file (``read_input``, which takes ``layout``,
+    ``resize``, ``size`` and ``grey``), written to ``out`` (default
+    ``default_prediction_path``; never the input): image models as rows of [context, truth]
+    and [context, future] clips with coloured borders (.npy: the raw futures), vector models
+    as the futures. The metrics go to ``json_out`` when given. ``options`` are ``predict``'s."""
+    path = Path(path)
+    out = default_prediction_path(path, image=model.config.is_image) if out is None else Path(out)
     check_output(out, image=model.config.is_image)
-    videos = read_input(model, path, layout=layout, resize=resize)
+    if out.resolve() == path.resolve():
+        raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
+    videos = read_input(model, path, layout=layout, resize=resize, size=size, grey=grey)
     _check_writable(json_out, "--json")
     prediction = predict(model, videos, require_metrics=json_out is not None, source=str(path), **options)
     futures = prediction.futures
@@ -121,28 +144,53 @@ def predict_file(
         write_clips(out, *_prediction_rows(prediction))
     if json_out is not None and prediction.metrics is not None:
         write_json(Path(json_out), prediction.metrics)
+    prediction.path = out
     return prediction
 
 
-def read_input(model: VRNN, path: str | os.PathLike[str], *, layout: str | None = None, resize: bool = False) -> Tensor:
-    """The sequences of a file as the model takes them (B, T, *frame): values checked against
-    the likelihood's support; with ``resize``, frames resized and colour converted (grey <->
-    RGB) to the model's frame shape."""
+def read_input(
+    model: VRNN, path: str | os.PathLike[str], *, layout: str | None = None, resize: bool = False,
+    size: Any = None, grey: bool = False,
+) -> Tensor:
+    """The sequences of a file as the model takes them (B, T, *frame), values checked against
+    the likelihood's support. ``size`` (``--size``: 64 or "64x48", HEIGHTxWIDTH) and ``grey``
+    convert frames as they are read; ``resize`` (``--resize``) takes both from the model's
+    frame shape and also repeats a grey channel for a colour model. Frames that still do not
+    fit the model are a DataError naming both shapes and the options that convert them."""
     shape = tuple(model.config.frame_shape)
     image = model.config.is_image
-    data = load_sequences(path, layout=layout, resize=shape[1:] if (resize and image) else None)
+    if resize and size is not None:
+        raise ConfigError("--resize takes the size from the model; give --size or --resize, not both")
+    if resize and image:
+        size, grey = shape[1:], grey or shape[0] == 1
+    data = load_sequences(path, layout=layout, resize=parse_size(size), grey=True if grey else None)
     if model.config.likelihood_support == "unit-interval":
         check_unit_range(data, str(path))
     videos = torch.from_numpy(data)
-    if resize and image and videos.dim() == 5 and videos.shape[2] != shape[0]:
-        if shape[0] == 1:
-            videos = videos.mean(dim=2, keepdim=True)  # colour to grey
-        elif videos.shape[2] == 1:
-            videos = videos.expand(-1, -1, shape[0], -1, -1)  # grey to colour
+    if resize and image and videos.dim() == 5 and videos.shape[2] == 1 != shape[0]:
+        videos = videos.expand(-1, -1, shape[0], -1, -1)  # grey to colour
     if tuple(videos.shape[2:]) != shape:
-        hint = " (pass --resize to convert it)" if image and videos.dim() == 5 else ""
-        raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}{hint}")
+        raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}"
+                        f"{shape_hint(tuple(videos.shape[2:]), shape, resize_option=True)}")
     return videos.contiguous()
+
+
+def shape_hint(found: tuple[int, ...], wanted: tuple[int, ...], *, resize_option: bool = False) -> str:
+    """The options that turn frames of shape ``found`` into ``wanted`` (C, H, W), as the end of
+    a message: "; pass --size 64x48 --grey" (empty for vector frames)."""
+    if len(found) != 3 or len(wanted) != 3:
+        return ""
+    if wanted[0] != 1 and found[0] == 1:  # grey frames for a colour model
+        if resize_option:
+            return "; pass --resize, which resizes the frames and repeats the grey channel"
+        return f"; the model takes colour frames ({wanted[0]} channels), the data is grey"
+    options = [f"--size {format_size(wanted[1:])}"] if found[1:] != wanted[1:] else []
+    if wanted[0] == 1 and found[0] != 1:
+        options.append("--grey")
+    if not options:
+        return ""
+    also = " (or --resize, which takes both from the model)" if resize_option else ""
+    return f"; pass {' '.join(options)}{also}"
 
 
 def _prediction_rows(prediction: Prediction) -> tuple[Tensor, Tensor]:
@@ -169,14 +217,19 @@ def _check_writable(path: str | os.PathLike[str] | None, option: str) -> None:
 def evaluate(
     model: VRNN, data: str | os.PathLike[str] | Tensor | np.ndarray | Any, *, num_sequences: int = 256,
     mnist_dir: str | None = None, layout: str | None = None, json_out: str | os.PathLike[str] | None = None,
-    **options: Any,
+    size: Any = None, grey: bool = False, **options: Any,
 ) -> dict[str, Any]:
     """``vrnnkit.evaluation.evaluate`` (whose ``options`` it takes) on test data: an array or
     sequences as there, or a file, or a built-in data set's held-out sequences
-    (``num_sequences`` of them where they are generated). The report also goes to ``json_out``."""
+    (``num_sequences`` of them where they are generated), whose frames ``size`` (64 or
+    "64x48", HEIGHTxWIDTH) and ``grey`` convert as they are read. The report also goes to
+    ``json_out``."""
     _check_writable(json_out, "--json")
+    frame_size = parse_size(size)
     if isinstance(data, (str, os.PathLike)):
-        data = _held_out(model, str(data), num_sequences, mnist_dir, layout, options)
+        data = _held_out(model, str(data), num_sequences, mnist_dir, layout, (frame_size, grey), options)
+    elif frame_size is not None or grey:
+        raise ConfigError("size and grey apply to a file or a built-in data set; convert an array before passing it")
     report = evaluate_sequences(model, data, **options)
     if json_out is not None:
         write_json(Path(json_out), report)
@@ -184,12 +237,15 @@ def evaluate(
 
 
 def _held_out(
-    model: VRNN, data: str, num_sequences: int, mnist_dir: str | None, layout: str | None, options: dict[str, Any],
+    model: VRNN, data: str, num_sequences: int, mnist_dir: str | None, layout: str | None,
+    conversion: tuple[tuple[int, int] | None, bool], options: dict[str, Any],
 ) -> Any:
     # Generated test data is as long as the prediction needs: context and horizon.
     length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
+    size, grey = conversion
     sequences = open_source(data, count=num_sequences, length=length, seed=options.get("seed", 0),
-                            mnist_dir=mnist_dir, layout=layout, held_out=True)
-    if tuple(sequences.frame_shape) != tuple(model.config.frame_shape):
-        raise DataError(f"{data} has frames of shape {tuple(sequences.frame_shape)}; the model was trained on {tuple(model.config.frame_shape)}")
+                            mnist_dir=mnist_dir, layout=layout, held_out=True, size=size, grey=grey)
+    found, wanted = tuple(sequences.frame_shape), tuple(model.config.frame_shape)
+    if found != wanted:
+        raise DataError(f"{data} has frames of shape {found}; the model was trained on {wanted}{shape_hint(found, wanted)}")
     return sequences

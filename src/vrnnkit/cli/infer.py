@@ -18,6 +18,10 @@ Ckpt = Annotated[Opt[Path], typer.Option(help="A .safetensors checkpoint or a ru
 Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same output.")]
 Mean = Annotated[bool, typer.Option("--mean/--random", help="Frames are the likelihood's mean, or draws from it.")]
 Flag = {"metavar": ""}  # a flag takes no value: show none
+Size = Annotated[Opt[str], typer.Option(metavar="SIZE|HxW", show_default=False, help=(
+    "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging "
+    "when shrinking, bilinear when enlarging; at least 8."))]
+Grey = Annotated[bool, typer.Option("--grey", help="Convert colour frames to grey (BT.601 luma) as they are read.", **Flag)]
 
 
 def _load(ckpt: Path | None) -> Any:
@@ -29,7 +33,9 @@ def _load(ckpt: Path | None) -> Any:
 @app.command()
 @friendly_errors
 def sample(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png).")],
+    out: Annotated[Opt[Path], typer.Option("--out", "-o", show_default=False, help=(
+        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png); "
+        "default samples.gif (vector models: samples.npy) in the current folder, replaced if it exists."))] = None,
     ckpt: Ckpt = None,
     num: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 20,
@@ -37,7 +43,9 @@ def sample(
     mean: Mean = True,
 ) -> None:
     """Sample new clips from a trained model's prior, starting from h_0."""
-    api.sample(_load(ckpt), num, steps, seed=seed, mean=mean, out=out)
+    model = _load(ckpt)
+    out = out or Path(api.DEFAULT_SAMPLES[model.config.is_image])
+    api.sample(model, num, steps, seed=seed, mean=mean, out=out)
     say(f"wrote {out}: {num} clips of {steps} frames")
 
 
@@ -45,21 +53,27 @@ def sample(
 @friendly_errors
 def predict(
     input: Annotated[Path, typer.Argument(help="A video or sequence file: .npy, .npz, .gif, .mp4.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png).")],
+    out: Annotated[Opt[Path], typer.Option("--out", "-o", show_default=False, help=(
+        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png); default "
+        "<INPUT stem>-predicted.gif (vector models: .npy) in the current folder, never INPUT itself."))] = None,
     ckpt: Ckpt = None,
     context: Annotated[int, typer.Option(min=1, help="Real frames the model sees before predicting.")] = 5,
     horizon: Annotated[Opt[int], typer.Option(min=1, help="Frames to predict (default: the frames after the context, or 10).", show_default=False)] = None,
     samples: Annotated[int, typer.Option(min=1, help="Futures per sequence.")] = 3,
     layout: Annotated[Opt[str], typer.Option(help="Layout of INPUT, e.g. THW, NTHW, TNHW, NTD (guessed by default).", show_default=False)] = None,
-    resize: Annotated[bool, typer.Option("--resize", help="Resize and convert frames to the model's frame shape.", **Flag)] = False,
+    size: Size = None,
+    grey: Grey = False,
+    resize: Annotated[bool, typer.Option("--resize", help=(
+        "Match the model's frame shape: --size and --grey taken from the model, and a grey channel "
+        "repeated for a colour model."), **Flag)] = False,
     json_out: Annotated[Opt[Path], typer.Option("--json", help="Also save the PSNR/SSIM figures here.", show_default=False)] = None,
     seed: Seed = 0,
     mean: Mean = True,
 ) -> None:
     """Predict several futures of each sequence in INPUT from its first --context frames."""
-    result = api.predict_file(_load(ckpt), input, out, json_out=json_out, layout=layout, resize=resize,
-                              context=context, horizon=horizon, samples=samples, seed=seed, mean=mean)
-    say(f"wrote {out}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
+    result = api.predict_file(_load(ckpt), input, out, json_out=json_out, layout=layout, resize=resize, size=size,
+                              grey=grey, context=context, horizon=horizon, samples=samples, seed=seed, mean=mean)
+    say(f"wrote {result.path}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
     if result.no_metrics:
         note(f"no PSNR/SSIM: {result.no_metrics}")
     if result.metrics is not None:
@@ -95,12 +109,14 @@ def evaluate_command(
     chunk_size: Annotated[Opt[int], typer.Option(min=1, help="Importance samples per pass (bounds memory).", show_default=False)] = None,
     mnist_dir: Annotated[Opt[str], typer.Option(help="Folder with the MNIST IDX files (moving-mnist, seq-mnist).", show_default=False)] = None,
     layout: Annotated[Opt[str], typer.Option(help="Layout of a data file (guessed by default).", show_default=False)] = None,
+    size: Size = None,
+    grey: Grey = False,
     json_out: Annotated[Opt[Path], typer.Option("--json", help="Save the figures here (schema: vrnnkit.evaluation).", show_default=False)] = None,
     seed: Seed = 0,
 ) -> None:
     """Measure a model: ELBO, the importance-weighted bound, and video prediction (SRVP protocol)."""
     report = api.evaluate(
-        _load(ckpt), data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out,
+        _load(ckpt), data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
         iwae_samples=iwae_samples, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
         chunk_size=chunk_size, seed=seed,
     )

@@ -30,6 +30,8 @@ DATA, MODEL, OPTIMISATION, RUN = "Data", "Model", "Optimisation", "Run"
 OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("mnist_dir", DATA, "Folder with the MNIST IDX files (moving-mnist, seq-mnist).", {}),
     ("layout", DATA, "Layout of a data file, e.g. NTHW, TNHW, NTD (guessed by default).", {}),
+    ("size", DATA, "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging when shrinking, bilinear when enlarging; at least 8.", {"metavar": "SIZE|HxW"}),
+    ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
     ("num_sequences", DATA, "Generated datasets (bouncing-balls, moving-mnist): how many sequences.", {"min": 1}),
     ("seq_len", DATA, "Frames per training window.", {"min": 1}),
     ("val_fraction", DATA, "Share of sequences held out for validation.", {"min": 0.0, "max": 0.99}),
@@ -45,6 +47,8 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("feature_dim", MODEL, "Width of the frame features phi_x(x_t) (default: --h-dim).", {"min": 1}),
     ("latent_feature_dim", MODEL, "Width of the latent features phi_z(z_t) (default: --h-dim).", {"min": 1}),
     ("layers", MODEL, "Recurrent layers.", {"min": 1}),
+    ("skip_context", MODEL, "Skip decoders: 0 takes skips from the previous frame; N from the previous frame up to frame N, then holds frame N (SVG).", {"min": 0}),
+    ("skip_residual", MODEL, "Skip decoders: predict the change from the skip frame (copying it is where training starts).", {}),
     ("steps", OPTIMISATION, f"Optimiser steps ({DEFAULT_STEPS} when --epochs is not given).", {"min": 1}),
     ("epochs", OPTIMISATION, "Passes over the training windows, instead of --steps.", {"min": 1}),
     ("batch_size", OPTIMISATION, "Sequences per batch (per process with --nproc).", {"min": 1}),

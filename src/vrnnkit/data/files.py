@@ -1,8 +1,9 @@
 """Read video and sequence files: ``.npy``, ``.npz``, ``.gif`` and ``.mp4``.
 
-``.npy`` files are memory-mapped and read one sequence at a time; the other formats are read
-into memory (``.npz`` members may be compressed, ``.gif`` and ``.mp4`` must be decoded). Nothing
-is ever unpickled. Layouts follow :mod:`vrnnkit.data.layout`: pass ``layout=`` where a shape is
+``.npy`` files are memory-mapped and read one sequence at a time; ``.npz`` members are read into
+memory (they may be compressed); ``.gif`` and ``.mp4`` are decoded frame by frame, each frame
+resized and converted as it is read (:mod:`vrnnkit.data.video`), so only the frames at the size
+asked for are kept. Nothing is ever unpickled. Layouts follow :mod:`vrnnkit.data.layout`: pass ``layout=`` where a shape is
 ambiguous (the published Moving MNIST file ``mnist_test_seq.npy`` needs ``layout="TNHW"``).
 """
 
@@ -13,17 +14,15 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 
 from vrnnkit.data.checks import require_file
 from vrnnkit.data.sequences import SequenceArray
+from vrnnkit.data.video import read_video
 from vrnnkit.errors import DataError, pickle_hint
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 SUFFIXES = (".npy", ".npz", *VIDEO_SUFFIXES)
-# Lossy codecs (mp4) leave grey video with channels a few levels apart.
-_GREY_TOLERANCE = 3
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -42,9 +41,12 @@ def open_sequences(
         layout: the axes of the stored array (e.g. ``"NTHW"``, ``"TNHW"``, ``"NTD"``); guessed
             from the shape when omitted, with a ``LayoutWarning`` if another layout would fit.
         key: the array to read from a ``.npz`` holding several.
-        resize: a target ``(height, width)`` for frames.
-        grey: for ``.gif`` / ``.mp4``: True reads luminance, False keeps RGB, None (default)
-            reads grey when the three channels agree (within 3/255 for lossy mp4).
+        resize: a target ``(height, width)`` for frames (``--size``): area averaging when
+            shrinking, bilinear when enlarging (:func:`vrnnkit.data.frames.resize_frames`);
+            video frames are resized as they are decoded.
+        grey: True converts colour frames to grey (BT.601 luma, ``--grey``), False keeps them;
+            None (default) keeps arrays as they are and reads a ``.gif`` / ``.mp4`` as grey
+            when its three channels agree (within 3/255 for lossy mp4).
 
     Raises:
         DataError: the path is missing or not a file, the file is empty, corrupt or of an
@@ -55,17 +57,13 @@ def open_sequences(
     suffix = path.suffix.lower()
     if key is not None and suffix != ".npz":
         raise DataError(f"{path}: key= applies to .npz files, found a {suffix} file")
-    if grey is not None and suffix not in VIDEO_SUFFIXES:
-        raise DataError(f"{path}: grey= applies to .gif and .mp4 files, found a {suffix} file")
     if suffix == ".npy":
         _check_npy(path)
-        return SequenceArray(npy_path=path, layout=layout, resize=resize)
+        return SequenceArray(npy_path=path, layout=layout, resize=resize, grey=bool(grey))
     if suffix == ".npz":
-        array = _read_npz(path, key)
-    else:
-        array = _read_video(path, grey)
-        layout = layout or ("THW" if array.ndim == 3 else "THWC")
-    return SequenceArray(array, layout=layout, source=str(path), resize=resize)
+        return SequenceArray(_read_npz(path, key), layout=layout, source=str(path), resize=resize, grey=bool(grey))
+    array = read_video(path, grey=grey, size=None if resize is None else (int(resize[0]), int(resize[1])))
+    return SequenceArray(array, layout=layout or ("THW" if array.ndim == 3 else "THWC"), source=str(path))
 
 
 def load_sequences(
@@ -166,36 +164,3 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
             # a corrupt member: bad CRC, truncated deflate stream, an unknown compression
             raise DataError(f"{path}: the array {key!r} is damaged ({err})") from err
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    """A decoder's error on one line: its first and last lines (ffmpeg adds a page of banner)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _read_video(path: Path, grey: bool | None) -> np.ndarray:
-    """Decode every frame as ``(T, H, W, 3)`` uint8, or ``(T, H, W)`` when read as grey."""
-    # Pillow decodes gif frames to a palette or RGBA unless asked for RGB; ffmpeg gives RGB.
-    options = {"mode": "RGB"} if path.suffix.lower() == ".gif" else {}
-    try:
-        frames = np.asarray(iio.imread(path, index=None, **options))
-    except Exception as err:  # decoders raise many types (OSError, SyntaxError, RuntimeError, ...)
-        raise DataError(
-            f"{path}: expected a readable {path.suffix} video, found a corrupt or unsupported "
-            f"file ({_one_line(err)})"
-        ) from err
-    if frames.ndim == 3:  # a single frame decodes without the time axis
-        frames = frames[None]
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise DataError(f"{path}: expected RGB frames, decoded an array of shape {frames.shape}")
-    if grey is None:
-        spread = frames.max(axis=-1).astype(np.int16) - frames.min(axis=-1)
-        grey = int(spread.max()) <= _GREY_TOLERANCE
-    if not grey:
-        return frames
-    luminance = frames @ np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights
-    return np.clip(np.rint(luminance), 0, 255).astype(np.uint8)

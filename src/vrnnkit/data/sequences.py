@@ -1,7 +1,8 @@
 """A collection of sequences read one at a time, whatever layout they are stored in.
 
 :class:`SequenceArray` keeps the raw array (uint8 video stays uint8) and converts only what is
-read: a whole sequence or a window of frames becomes float32, channels-first, optionally resized.
+read: a whole sequence or a window of frames becomes float32, channels-first, optionally grey
+and resized (:mod:`vrnnkit.data.frames`).
 An array that lives in a ``.npy`` file is opened memory-mapped for each read and let go after it,
 so that pages read once do not stay resident: iterating a file larger than memory keeps the
 process small.
@@ -12,10 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from vrnnkit.data.checks import check_finite, check_numeric_dtype, to_float32
+from vrnnkit.data.frames import grey_frames, resize_frames
 from vrnnkit.data.layout import check_layout, guess_layout, is_image_layout
 from vrnnkit.errors import DataError
 
@@ -35,7 +35,9 @@ class SequenceArray:
         layout: the axes of the stored array (see :mod:`vrnnkit.data.layout`); guessed from the
             shape when omitted, with a :class:`~vrnnkit.data.layout.LayoutWarning` when ambiguous.
         source: how error messages name the data (the file path by default).
-        resize: a target ``(height, width)`` for frames.
+        resize: a target ``(height, width)`` for frames: area averaging when shrinking,
+            bilinear when enlarging.
+        grey: convert colour frames to grey (BT.601 luma) as they are read.
 
     Raises:
         DataError: a non-numeric dtype, NaN or infinity, or a layout that does not fit.
@@ -49,6 +51,7 @@ class SequenceArray:
         layout: str | None = None,
         source: str | None = None,
         resize: tuple[int, int] | None = None,
+        grey: bool = False,
     ) -> None:
         if (array is None) == (npy_path is None):
             raise ValueError("give exactly one of array= and npy_path=")
@@ -63,13 +66,15 @@ class SequenceArray:
         if layout is None:
             layout = guess_layout(self.raw_shape, self.source)
         self.layout = check_layout(layout, self.raw_shape, self.source)
-        if resize is not None and not is_image_layout(self.layout):
-            raise DataError(
-                f"{self.source}: resize applies to frames, but layout {self.layout!r} holds vectors"
-            )
+        for option, given in (("resize", resize is not None), ("grey", grey)):
+            if given and not is_image_layout(self.layout):
+                raise DataError(
+                    f"{self.source}: {option} applies to frames, but layout {self.layout!r} holds vectors"
+                )
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise DataError(f"{self.source}: expected resize=(height, width) >= 1, found {resize}")
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+        self.grey = bool(grey)
         self.check_values()
 
     @property
@@ -87,7 +92,7 @@ class SequenceArray:
         """The shape of one converted frame: ``(C, H, W)`` or ``(D,)``."""
         if not is_image_layout(self.layout):
             return (self.raw_shape[self.layout.index("D")],)
-        channels = self.raw_shape[self.layout.index("C")] if "C" in self.layout else 1
+        channels = self.raw_shape[self.layout.index("C")] if "C" in self.layout and not self.grey else 1
         height, width = self.resize or (
             self.raw_shape[self.layout.index("H")],
             self.raw_shape[self.layout.index("W")],
@@ -125,7 +130,9 @@ class SequenceArray:
         if is_image_layout(self.layout) and "C" not in self.layout:
             frames = frames[:, None]
         frames = to_float32(np.ascontiguousarray(frames))
-        return frames if self.resize is None else _resize(frames, self.resize)
+        if self.grey:
+            frames = grey_frames(frames)
+        return frames if self.resize is None else resize_frames(frames, self.resize)
 
     def to_numpy(self) -> np.ndarray:
         """All sequences as one float32 array ``(N, T, C, H, W)`` or ``(N, T, D)``."""
@@ -175,12 +182,3 @@ class SequenceArray:
             f"frame_shape={self.frame_shape})"
         )
 
-
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``(T, C, H, W)`` frames; antialiasing keeps thin strokes when shrinking."""
-    if frames.shape[-2:] == size:
-        return frames
-    resized = F.interpolate(
-        torch.from_numpy(frames), size=size, mode="bilinear", align_corners=False, antialias=True
-    )
-    return resized.numpy()

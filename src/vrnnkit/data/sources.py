@@ -38,17 +38,22 @@ def open_source(
     mnist_dir: str | None = None,
     layout: str | None = None,
     held_out: bool = False,
+    size: tuple[int, int] | None = None,
+    grey: bool = False,
 ) -> SequenceArray:
-    """The sequences a data argument names.
+    """The sequences a data argument names, their frames resized to ``size`` (HEIGHTxWIDTH)
+    and converted to grey (``grey``) as they are read.
 
-    Built-in datasets are generated (``count`` sequences of ``length`` frames); ``held_out``
-    gives evaluation data that training never sees: other random draws for bouncing balls,
-    the last 2,000 MNIST digits for the MNIST datasets. Anything else is a file.
+    Built-in datasets are generated (``count`` sequences of ``length`` frames; bouncing balls
+    at a square ``size`` are drawn at that size); ``held_out`` gives evaluation data that
+    training never sees: other random draws for bouncing balls, the last 2,000 MNIST digits for
+    the MNIST datasets. Anything else is a file (:func:`vrnnkit.data.open_sequences`).
     """
     rng = np.random.default_rng([seed, 1] if held_out else seed)
     if data == "bouncing-balls":
-        videos = bouncing_balls(count, length=length, size=32, seed=rng)
-        return SequenceArray(np.rint(videos * 255).astype(np.uint8), layout="NTHW", source="bouncing-balls")
+        side = size[0] if size is not None and size[0] == size[1] else 32
+        videos = np.rint(bouncing_balls(count, length=length, size=side, seed=rng) * 255).astype(np.uint8)
+        return SequenceArray(videos, layout="NTHW", source="bouncing-balls", resize=size, grey=grey)
     if data in ("moving-mnist", "seq-mnist"):
         if mnist_dir is None:
             raise ConfigError(f"data {data!r} needs --mnist-dir: a folder with the MNIST IDX files")
@@ -56,18 +61,18 @@ def open_source(
         digits = np.arange(MNIST_TRAIN_DIGITS, len(images)) if held_out else np.arange(min(MNIST_TRAIN_DIGITS, len(images)))
         if data == "moving-mnist":
             videos = moving_mnist(images, count, length=length, stochastic=True, indices=digits, seed=rng)
-            return SequenceArray(videos, layout="NTHW", source="moving-mnist")
-        return SequenceArray(sequential_mnist(images[digits]), layout="NTD", source="seq-mnist")
+            return SequenceArray(videos, layout="NTHW", source="moving-mnist", resize=size, grey=grey)
+        return SequenceArray(sequential_mnist(images[digits]), layout="NTD", source="seq-mnist", resize=size, grey=grey)
     path = Path(data)
     if not path.exists() and "." not in path.name:
         raise ConfigError(f"data {data!r} is neither a file nor a built-in dataset ({', '.join(BUILTIN_DATA)})")
-    return open_sequences(path, layout=layout)
+    return open_sequences(path, layout=layout, resize=size, grey=grey or None)
 
 
-def check_source(data: str, layout: str | None = None) -> None:
+def check_source(data: str, layout: str | None = None, size: tuple[int, int] | None = None, grey: bool = False) -> None:
     """Open a data file once to check it (a built-in name needs no check)."""
     if data not in BUILTIN_DATA:
-        open_source(data, count=1, length=1, seed=0, layout=layout)
+        open_source(data, count=1, length=1, seed=0, layout=layout, size=size, grey=grey)
 
 
 def split_windows(
@@ -91,10 +96,14 @@ def build_dataset(
     mnist_dir: str | None = None,
     layout: str | None = None,
     unit_interval: bool = False,
+    size: tuple[int, int] | None = None,
+    grey: bool = False,
 ) -> tuple[WindowDataset, WindowDataset | None, tuple[int, ...]]:
-    """The training and validation windows of ``data`` and its frame shape; with
-    ``unit_interval`` (a likelihood on [0, 1]) the values are checked first."""
-    sequences = open_source(data, count=count, length=seq_len, seed=seed, mnist_dir=mnist_dir, layout=layout)
+    """The training and validation windows of ``data`` and its frame shape (after ``size``
+    and ``grey``, as ``open_source``); with ``unit_interval`` (a likelihood on [0, 1]) the
+    values are checked first."""
+    sequences = open_source(data, count=count, length=seq_len, seed=seed, mnist_dir=mnist_dir, layout=layout,
+                            size=size, grey=grey)
     if unit_interval and sequences.dtype not in (np.uint8, np.bool_):
         sequences.check_unit_range()
     training, validation = split_windows(sequences, seq_len, val_fraction=val_fraction, seed=seed)

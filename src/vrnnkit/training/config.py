@@ -21,6 +21,7 @@ from typing import Any
 
 from vrnnkit._checks import is_count
 from vrnnkit.config import VRNNConfig
+from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.errors import ConfigError
 from vrnnkit.registry import KINDS
 
@@ -34,6 +35,7 @@ MODEL_OPTIONS = {
     "encoder": "encoder", "decoder": "decoder", "prior": "prior", "posterior": "posterior", "rnn": "rnn",
     "likelihood": "likelihood", "h_dim": "h_dim", "z_dim": "z_dim", "feature_dim": "feature_dim",
     "latent_feature_dim": "latent_feature_dim", "layers": "rnn_layers",
+    "skip_context": "skip_context", "skip_residual": "skip_residual",
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
 BLOCK_OPTIONS = "block_options"
@@ -52,6 +54,8 @@ class TrainConfig:
     data: str = "bouncing-balls"
     mnist_dir: str | None = None
     layout: str | None = None
+    size: str | int | list[int] | None = None  # HEIGHTxWIDTH ("64x48") or a square (64); kept as "HxW"
+    grey: bool = False
     num_sequences: int = 2000  # generated datasets: how many sequences
     model: VRNNConfig = field(default_factory=default_model)
     steps: int | None = None
@@ -93,6 +97,13 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.size is not None:
+            self.size = format_size(parse_size(self.size))
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """``size`` as ``(height, width)``, or None to keep the data's own frame size."""
+        return parse_size(self.size)
 
     @classmethod
     def option_types(cls) -> dict[str, str]:
@@ -275,4 +286,6 @@ def _type_fits(value: Any, annotation: str) -> bool:
         return "str" in names
     if isinstance(value, dict):
         return "dict" in names
+    if isinstance(value, (list, tuple)):
+        return "list" in names
     return False

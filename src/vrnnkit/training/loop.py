@@ -177,7 +177,7 @@ class _Run:
         self.training, self.validation, frame_shape = build_dataset(
             config.data, count=config.num_sequences, seq_len=config.seq_len, seed=config.seed,
             val_fraction=config.val_fraction, mnist_dir=config.mnist_dir, layout=config.layout,
-            unit_interval=config.model.likelihood_support == "unit-interval",
+            unit_interval=config.model.likelihood_support == "unit-interval", size=config.frame_size, grey=config.grey,
         )  # before the run folder exists
         self.model = VRNN(config.model.with_frame_shape(frame_shape)).to(self.device)
         if config.compile:

@@ -1,0 +1,126 @@
+"""Decode ``.gif`` and ``.mp4`` files frame by frame, resizing and converting each frame as it
+is read, so that a long full-HD clip never sits in memory at full resolution.
+
+    frames = read_video(Path("clip.mp4"), grey=True, size=(64, 64))   # (T, 64, 64) uint8
+
+The frame size and count are read from the file's metadata first where it has them; a clip
+whose full-size frames would not fit in ``FULL_SIZE_LIMIT`` bytes asks for ``--size`` before
+decoding anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from vrnnkit.data.frames import grey_frames, resize_frames
+from vrnnkit.errors import DataError
+
+FULL_SIZE_LIMIT = 4 * 2**30
+"""Bytes of decoded frames a video may take at full size (no ``--size``) before it is refused."""
+# Lossy codecs (mp4) leave grey video with channels a few levels apart.
+GREY_TOLERANCE = 3
+
+
+def video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a video as ``(H, W, 3)`` uint8 arrays, decoded one at a time."""
+    # Pillow decodes gif frames to a palette or RGBA unless asked for RGB; ffmpeg gives RGB.
+    options = {"mode": "RGB"} if path.suffix.lower() == ".gif" else {}
+    return iio.imiter(path, **options)
+
+
+def probe(path: Path) -> tuple[int | None, int, int] | None:
+    """``(frames, height, width)`` from the file's metadata, without decoding the frames
+    (frames None where the metadata has no count or duration); None when it cannot tell."""
+    try:
+        if path.suffix.lower() == ".gif":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return int(getattr(image, "n_frames", 1)), image.height, image.width
+        meta = iio.immeta(path, plugin="FFMPEG")
+        width, height = meta["size"]
+        count = meta.get("nframes")
+        if not isinstance(count, int):
+            count = round(meta["fps"] * meta["duration"]) if meta.get("fps") and meta.get("duration") else None
+        return count, int(height), int(width)
+    except Exception:  # no or odd metadata: decoding tells what is wrong with the file
+        return None
+
+
+def read_video(path: Path, *, grey: bool | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Every frame of a video as uint8 ``(T, H, W, 3)``, or ``(T, H, W)`` read as grey, each
+    frame converted (``grey``) and resized (``size``, HEIGHTxWIDTH) as soon as it is decoded.
+
+    ``grey``: True reads luma, False keeps RGB, None reads grey when the three channels agree
+    (within 3/255, for lossy mp4)."""
+    _check_full_size(path, size)
+    frames: list[np.ndarray] = []
+    spread = 0
+    try:
+        for frame in video_frames(path):
+            frame = np.asarray(frame)
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise DataError(f"{path}: expected RGB frames, decoded a frame of shape {frame.shape}")
+            if grey is None:
+                spread = max(spread, int((frame.max(axis=-1).astype(np.int16) - frame.min(axis=-1)).max()))
+            frames.append(_convert(frame, grey=bool(grey), size=size))
+    except DataError:
+        raise
+    except Exception as err:  # decoders raise many types (OSError, SyntaxError, RuntimeError, ...)
+        raise DataError(
+            f"{path}: expected a readable {path.suffix} video, found a corrupt or unsupported "
+            f"file ({one_line(err)})"
+        ) from err
+    if not frames:
+        raise DataError(f"{path}: expected video frames, decoded none")
+    video = np.stack(frames)
+    if grey is None and spread <= GREY_TOLERANCE:
+        video = _convert_all(video)
+    return video
+
+
+def _convert(frame: np.ndarray, *, grey: bool, size: tuple[int, int] | None) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 frame as uint8 ``(h, w)`` grey or ``(h, w, 3)``."""
+    if not grey and (size is None or tuple(size) == frame.shape[:2]):
+        return frame
+    values = frame.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, H, W)
+    if grey:
+        values = grey_frames(values)
+    if size is not None:
+        values = resize_frames(values, size)
+    values = np.clip(np.rint(values[0]), 0, 255).astype(np.uint8)
+    return values[0] if grey else values.transpose(1, 2, 0)
+
+
+def _convert_all(video: np.ndarray) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 frames whose channels agree, as ``(T, H, W)`` luma."""
+    return np.stack([_convert(frame, grey=True, size=None) for frame in video])
+
+
+def _check_full_size(path: Path, size: tuple[int, int] | None) -> None:
+    if size is not None:
+        return
+    found = probe(path)
+    if found is None or found[0] is None:
+        return
+    count, height, width = found
+    needed = count * height * width * 3
+    if needed > FULL_SIZE_LIMIT:
+        raise DataError(
+            f"{path}: {count} frames of {height}x{width} would take {needed / 2**30:.1f} GiB in memory at "
+            f"full size; pass --size (e.g. --size 64 or --size 64x{max(8, round(64 * width / height))}, "
+            "HEIGHTxWIDTH) to resize each frame as it is read"
+        )
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """A decoder's error on one line: its first and last lines (ffmpeg adds a page of banner)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
