@@ -227,6 +227,18 @@ _case("data-moving-mnist-junk", ["data", "moving-mnist", "--mnist-dir", "{in}/mn
 _case("data-bouncing-balls-count-0", [*OUTPUTS["data"][0], "{tmp}/b.npy", "--count", "0"], "--count")
 _case("data-bouncing-balls-size-4", [*OUTPUTS["data"][0], "{tmp}/b.npy", "--size", "4"], "--size")
 
+# --size: not a size, or a side below the conv blocks' minimum (MIN_SIDE = 8); --resize with --size.
+CONVERT = ["data", "convert", "{file}", "--out", "{tmp}/converted.npy"]
+for value, message in [("0", "at least 8x8"), ("7x", "HEIGHTxWIDTH"), ("abc", "HEIGHTxWIDTH"), ("4", "MIN_SIDE = 8"),
+                       ("64x4", "at least 8x8"), ("-8", "HEIGHTxWIDTH")]:
+    for command, template in (("train", TRAIN), ("predict", PREDICT), ("eval", EVAL), ("data-convert", CONVERT)):
+        _case(f"{command}-size-{value}", [*template, f"--size={value}"], f"--size {value}")
+        CASES[-1].values[1].append(message)
+_case("predict-size-and-resize", [*PREDICT, "--size", "16", "--resize"], "--size or --resize")
+_case("predict-out-is-the-input", ["predict", "{in}/clip.npy", "--ckpt", "{ckpt}", "--out", "{in}/clip.npy"], "it is the input file")
+_case("data-convert-out-is-the-input", ["data", "convert", "{in}/clip.npy", "--out", "{in}/clip.npy"], "it is the input file")
+_case("data-convert-missing", ["data", "convert", "{in}/missing.npy", "--out", "{tmp}/c.npy"], "missing.npy", "no such file")
+
 
 def _fill(args: list[str], tmp: Path, inputs: Path, ckpt: Path) -> list[str]:
     return [a.replace("{file}", "{in}/clip.npy").replace("{tmp}", str(tmp)).replace("{in}", str(inputs)).replace("{ckpt}", str(ckpt)) for a in args]

@@ -9,9 +9,10 @@
     report = api.evaluate(model, "bouncing-balls")               # vrnnkit eval (an array works too)
     api.export(model, "m.onnx")                                  # vrnnkit export
     array = api.generate_dataset("bouncing-balls", 100, seed=3)  # vrnnkit data bouncing-balls --seed 3
+    api.convert_file("clip.mp4", "clip.npy", size=64, grey=True)  # vrnnkit data convert clip.mp4 --size 64 --grey
 """
 
-from vrnnkit.api._datasets import generate_dataset, write_dataset
+from vrnnkit.api._datasets import convert_file, generate_dataset, write_dataset
 from vrnnkit.api._inference import (
     DEFAULT_SAMPLES,
     Prediction,
@@ -29,6 +30,7 @@ from vrnnkit.export import export
 __all__ = [
     "DEFAULT_SAMPLES",
     "Prediction",
+    "convert_file",
     "default_prediction_path",
     "evaluate",
     "export",

@@ -1,4 +1,4 @@
-"""``generate_dataset`` and ``write_dataset``: the generated data sets of ``vrnnkit data``."""
+"""``generate_dataset``, ``write_dataset`` and ``convert_file``: ``vrnnkit data``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from vrnnkit._atomic import atomic_path
+from vrnnkit.data.files import open_sequences
+from vrnnkit.data.frames import parse_size
 from vrnnkit.data.sources import generate_chunks, generate_dataset
 from vrnnkit.errors import ConfigError, output_problem
 
-__all__ = ["generate_dataset", "write_dataset"]
+__all__ = ["convert_file", "generate_dataset", "write_dataset"]
 
 
 def write_dataset(
@@ -28,12 +30,7 @@ def write_dataset(
     """Write ``generate_dataset(name, count, seed=seed, **options)`` to the .npy file ``out``
     (uint8), chunk by chunk so that memory stays small, atomically; ``on_progress(done,
     total)`` after each chunk. Returns the array's shape."""
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise ConfigError(f"cannot write {out} (--out): expected a path ending in .npy")
-    problem = output_problem(out)
-    if problem:
-        raise ConfigError(f"cannot write {out} (--out): {problem}")
+    out = _check_npy_output(out)
     frame_shape, chunks = generate_chunks(name, count, seed=seed, **options)
     with atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, *frame_shape))
@@ -46,3 +43,51 @@ def write_dataset(
         array.flush()
         del array
     return (count, *frame_shape)
+
+
+def convert_file(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    size: Any = None,
+    grey: bool = False,
+    layout: str | None = None,
+    key: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, ...]:
+    """Write the sequences of a video or sequence file to the .npy file ``out``, frames resized
+    to ``size`` (64 or "64x48", HEIGHTxWIDTH) and converted to grey (``grey``) as they are
+    read, one sequence at a time, atomically: ``(N, T, H, W)`` for grey frames, ``(N, T, H, W,
+    C)`` for colour, ``(N, T, D)`` for vectors; uint8 when the file holds uint8 (or a video),
+    float32 otherwise. A long video converted once reads fast in every later run. Returns the
+    array's shape."""
+    out, frame_size = _check_npy_output(out), parse_size(size)
+    if Path(path).resolve() == out.resolve():
+        raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
+    sequences = open_sequences(path, layout=layout, key=key, resize=frame_size, grey=True if grey else None)
+    frame = tuple(sequences.frame_shape)
+    stored = frame if len(frame) == 1 else frame[1:] if frame[0] == 1 else (*frame[1:], frame[0])
+    shape = (len(sequences), sequences.num_frames, *stored)
+    as_bytes = sequences.dtype in (np.uint8, np.bool_)
+    with atomic_path(out) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8 if as_bytes else np.float32, shape=shape)
+        for index in range(len(sequences)):
+            values = sequences[index]  # (T, C, H, W) or (T, D), float32
+            if len(frame) == 3:
+                values = values[:, 0] if frame[0] == 1 else values.transpose(0, 2, 3, 1)
+            array[index] = np.clip(np.rint(values * 255), 0, 255) if as_bytes else values
+            if on_progress is not None:
+                on_progress(index + 1, len(sequences))
+        array.flush()
+        del array
+    return shape
+
+
+def _check_npy_output(out: str | os.PathLike[str]) -> Path:
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise ConfigError(f"cannot write {out} (--out): expected a path ending in .npy")
+    problem = output_problem(out)
+    if problem:
+        raise ConfigError(f"cannot write {out} (--out): {problem}")
+    return out

@@ -180,17 +180,16 @@ def shape_hint(found: tuple[int, ...], wanted: tuple[int, ...], *, resize_option
     a message: "; pass --size 64x48 --grey" (empty for vector frames)."""
     if len(found) != 3 or len(wanted) != 3:
         return ""
-    if wanted[0] != 1 and found[0] == 1:  # grey frames for a colour model
-        if resize_option:
-            return "; pass --resize, which resizes the frames and repeats the grey channel"
-        return f"; the model takes colour frames ({wanted[0]} channels), the data is grey"
+    grey_for_colour = wanted[0] != 1 and found[0] == 1
+    if grey_for_colour and resize_option:
+        return "; pass --resize, which resizes the frames and repeats the grey channel"
     options = [f"--size {format_size(wanted[1:])}"] if found[1:] != wanted[1:] else []
     if wanted[0] == 1 and found[0] != 1:
         options.append("--grey")
-    if not options:
-        return ""
-    also = " (or --resize, which takes both from the model)" if resize_option else ""
-    return f"; pass {' '.join(options)}{also}"
+    parts = [f"pass {' '.join(options)}" + (" (or --resize, which takes both from the model)" if resize_option else "")] if options else []
+    if grey_for_colour:
+        parts.append(f"the model takes colour frames ({wanted[0]} channels) and these are grey (read without --grey)")
+    return "".join(f"; {part}" for part in parts)
 
 
 def _prediction_rows(prediction: Prediction) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,5 @@
-"""``vrnnkit data``: the built-in data sets as uint8 .npy files (``vrnnkit.api.write_dataset``)."""
+"""``vrnnkit data``: the built-in data sets as uint8 .npy files (``vrnnkit.api.write_dataset``), and
+any data file resized and converted to a .npy file (``vrnnkit.api.convert_file``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.progress import Progress
 
 from vrnnkit import api
 from vrnnkit.cli.common import app, errors, friendly_errors, say
+from vrnnkit.cli.infer import Grey, Size
 from vrnnkit.data.sources import CHUNK
 
 data_app = typer.Typer(
@@ -56,6 +58,21 @@ def data_moving_mnist(
     """Moving MNIST from your MNIST files; pick disjoint digit ranges for training and test."""
     _write(out, "moving-mnist", count, seed=seed, length=length, mnist_dir=mnist_dir, split=split,
            digit_start=digit_start, digit_stop=digit_stop, stochastic=stochastic, digits=digits, canvas=canvas)
+
+
+@data_app.command("convert")
+@friendly_errors
+def data_convert(
+    input: Annotated[Path, typer.Argument(help="A video or sequence file: .npy, .npz, .gif, .mp4.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write: (N, T, H, W) grey, (N, T, H, W, C) colour; uint8 from videos and uint8 files.")],
+    size: Size = None,
+    grey: Grey = False,
+    layout: Annotated[Optional[str], typer.Option(help="Layout of INPUT, e.g. THW, NTHW, TNHW (guessed by default).", show_default=False)] = None,  # noqa: UP045
+    key: Annotated[Optional[str], typer.Option(help="The array to read from a .npz holding several.", show_default=False)] = None,  # noqa: UP045
+) -> None:
+    """Resize and convert a video or sequence file once (e.g. a long .mp4 to 64x64 grey), into a .npy file every command reads fast."""
+    shape = api.convert_file(input, out, size=size, grey=grey, layout=layout, key=key)
+    say(f"wrote {out}: {shape[0]} sequence(s) of shape {shape[1:]}")
 
 
 def _write(out: Path, name: str, count: int, **options: Any) -> None:
