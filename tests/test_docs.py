@@ -202,7 +202,7 @@ def test_the_parse_check_catches_what_it_should():
         "vrnnkit train --stepz 10",  # unknown option
         "vrnnkit train --steps",  # missing value
         "vrnnkit train --steps ten",  # bad type
-        "vrnnkit sample --num 4",  # a required option left out
+        "vrnnkit predict --context 5",  # a required argument left out
         "vrnnkit data bouncing-balls --out b.npy --digits 2",  # an option of another command
     ):
         with pytest.raises(UsageError):
