@@ -249,6 +249,6 @@ def test_filter_step_is_one_step_of_the_filter_the_loss_runs():
     model = _mlp_model(h_dim=8, z_dim=3, frame_shape=(5,)).double()
     x = torch.rand(4, 1, 5, dtype=torch.float64)
     noise = torch.randn(1, 4, 3, dtype=torch.float64)
-    filtered = model._filter(model._encode(x), noise)
+    filtered = model._filter(model._encode(x)[0], noise)
     state, z = model.filter_step(x[:, 0], model.rnn.initial_state(4, device=x.device, dtype=x.dtype), noise[0])
     assert torch.allclose(state, filtered.state) and torch.allclose(z, filtered.z[:, 0])

@@ -10,7 +10,7 @@ from typing import Any
 import vrnnkit.blocks  # noqa: F401  (registers the built-in blocks before names are checked)
 from vrnnkit._checks import is_count
 from vrnnkit.errors import ConfigError
-from vrnnkit.registry import get_builder, is_registered, list_blocks
+from vrnnkit.registry import build, get_builder, is_registered, list_blocks
 
 _BLOCK_FIELDS = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
 _SIZE_FIELDS = ("z_dim", "h_dim", "feature_dim", "latent_feature_dim", "rnn_layers")
@@ -36,6 +36,8 @@ class VRNNConfig:
     feature_dim: int | None = None  # width of phi_x(x_t); defaults to h_dim
     latent_feature_dim: int | None = None  # width of phi_z(z_t); defaults to h_dim
     rnn_layers: int = 1
+    skip_context: int = 0  # skip decoders: 0 = skips from the previous frame; N = held after frame N
+    skip_residual: bool = False  # skip decoders: predict the change from the reference frame
     encoder: str = "auto"
     decoder: str = "auto"
     prior: str = "mlp"
@@ -68,6 +70,10 @@ class VRNNConfig:
         ]
         if bad:
             raise ConfigError(f"sizes must be positive integers, got {', '.join(bad)}")
+        if not is_count(self.skip_context, 0):
+            raise ConfigError(f"skip_context must be a whole number >= 0, got {self.skip_context!r}")
+        if not isinstance(self.skip_residual, bool):
+            raise ConfigError(f"skip_residual must be true or false, got {self.skip_residual!r}")
         if shape is not None:
             if self.encoder == "auto":
                 self.encoder = "conv" if self.is_image else "mlp"
@@ -97,6 +103,19 @@ class VRNNConfig:
     def with_frame_shape(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
         """This config for frames of ``frame_shape``: ``auto`` blocks and sizes resolved."""
         return dataclasses.replace(self, frame_shape=tuple(frame_shape))
+
+    def build_block(self, kind: str, **shape_arguments: Any) -> Any:
+        """Build the block this config names for ``kind``, with the sizes the model passes and
+        the user's options for it (which may not override those sizes)."""
+        name = getattr(self, kind)
+        options = getattr(self, f"{kind}_options")
+        clash = sorted(set(options) & set(shape_arguments))
+        if clash:
+            raise ConfigError(f"{kind}_options may not set {', '.join(clash)}: the model sets it from the config")
+        try:
+            return build(kind, name, **shape_arguments, **options)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"cannot build {kind} block {name!r} with options {options}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the frame shape as a list)."""

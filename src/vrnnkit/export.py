@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -42,26 +43,59 @@ class ExportError(RunError):
     """An export failed, or its parity check did."""
 
 
+def state_size(model: VRNN) -> int:
+    """Width of the exported graphs' ``state``: the recurrent state, then, for a skip decoder,
+    the flattened skip reference (the frame and its feature maps, see ``vrnnkit.skips``)."""
+    return model.rnn.state_size + sum(math.prod(shape) for shape in _reference_shapes(model))
+
+
+def _reference_shapes(model: VRNN) -> list[tuple[int, ...]]:
+    return model._reference_shapes() if model.uses_skips else []
+
+
+def _unpack(model: VRNN, state: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+    sizes = [model.rnn.state_size] + [math.prod(s) for s in _reference_shapes(model)]
+    rnn_state, *flat = state.split(sizes, dim=1)
+    if not model.uses_skips:
+        return rnn_state, None
+    return rnn_state, [f.reshape(-1, *s) for f, s in zip(flat, _reference_shapes(model), strict=True)]
+
+
+def _pack(rnn_state: Tensor, reference: list[Tensor] | None) -> Tensor:
+    return rnn_state if reference is None else torch.cat([rnn_state, *(r.flatten(1) for r in reference)], dim=1)
+
+
 class GenerativeStep(nn.Module):
-    """One step of generation: a latent from the prior, a frame, the next state."""
+    """One step of generation: a latent from the prior, a frame, the next state.
+
+    For a skip decoder the next state carries the generated frame's reference when
+    ``skip_context`` is 0, and the incoming reference (the last filtered frame's) otherwise:
+    the rules of ``VRNN.predict``."""
 
     def __init__(self, model: VRNN) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model.generate_step(state, noise)
+        rnn_state, reference = _unpack(self.model, state)
+        params, frame, next_state, new_reference = self.model.generate_step(rnn_state, noise, reference)
+        if self.model.uses_skips and self.model.config.skip_context == 0:
+            reference = new_reference
+        return params, frame, _pack(next_state, reference)
 
 
 class FilterStep(nn.Module):
-    """One step of filtering a real frame: a latent from the posterior, the next state."""
+    """One step of filtering a real frame: a latent from the posterior, the next state (for a
+    skip decoder, with this frame as the reference)."""
 
     def __init__(self, model: VRNN) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.filter_step(frame, state, noise)
+        rnn_state, _ = _unpack(self.model, state)
+        next_state, z, reference = self.model.filter_step(frame, rnn_state, noise, with_reference=True)
+        return _pack(next_state, reference), z
 
 
 def filter_path(out: Path) -> Path:
@@ -109,7 +143,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _example_inputs(model: VRNN, step: type[nn.Module], batch: int = 2) -> tuple[Tensor, ...]:
-    state = torch.zeros(batch, model.rnn.state_size)
+    state = torch.zeros(batch, state_size(model))
     noise = torch.zeros(batch, model.config.z_dim)
     if step is GenerativeStep:
         return state, noise
@@ -169,7 +203,7 @@ def _parity(model: VRNN, generative: Path, filtering: Path, steps: int, seed: in
     )
     rng = np.random.default_rng(seed)
     filter_step, generative_step = FilterStep(model), GenerativeStep(model)
-    reference = torch.zeros(batch, model.rnn.state_size)
+    reference = torch.zeros(batch, state_size(model))
     free = reference.numpy().copy()
     checked = drift = 0.0
     for phase in ("filter", "generate"):

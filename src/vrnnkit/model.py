@@ -21,58 +21,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+import vrnnkit.skips as skips
 from vrnnkit._checks import check_counts
 from vrnnkit.config import VRNNConfig
 from vrnnkit.distributions import normal_kl, normal_log_prob, randn
 from vrnnkit.errors import ConfigError, DataError
 from vrnnkit.fused import fused_filter, fused_filter_supported
-from vrnnkit.registry import build
-
-
-@dataclass
-class VRNNOutput:
-    """What ``VRNN.forward`` returns. Per-sequence figures are sums over time, in nats."""
-
-    loss: Tensor
-    """The scalar to minimise: batch mean of NLL + kl_weight * KL (with free bits applied)."""
-    nll: Tensor
-    """Batch mean of the per-sequence negative log-likelihood."""
-    kl: Tensor
-    """Batch mean of the per-sequence KL(q || p) (without free bits)."""
-    elbo: Tensor
-    """(B,) the ELBO of each sequence."""
-    nll_per_step: Tensor
-    """(T,) batch mean of the NLL at each step."""
-    kl_per_step: Tensor
-    """(T,) batch mean of the KL at each step."""
-    dims: Tensor
-    """(B,) number of observed elements in each sequence (steps x frame size)."""
-
-    @property
-    def nats_per_dim(self) -> Tensor:
-        """Negative ELBO per observed element, averaged over the batch."""
-        return (-self.elbo / self.dims).mean()
-
-    @property
-    def bits_per_dim(self) -> Tensor:
-        return self.nats_per_dim / math.log(2.0)
-
-
-class _Filtered(NamedTuple):
-    """The recurrent path over a sequence, batch-first; ``h`` holds h_{t-1} for each step t."""
-
-    h: Tensor
-    mean: Tensor
-    std: Tensor
-    z: Tensor
-    f: Tensor
-    state: Tensor
+from vrnnkit.outputs import Filtered, VRNNOutput
+from vrnnkit.registry import get_builder
 
 
 class VRNN(nn.Module):
@@ -91,21 +52,27 @@ class VRNN(nn.Module):
             raise ConfigError("the config has no frame_shape; set one (VRNNConfig.with_frame_shape) to build a VRNN")
         self.config = config
         c = config
-        self.likelihood = _build(c, "likelihood")
-        self.encoder = _build(c, "encoder", frame_shape=c.frame_shape, out_dim=c.feature_dim)
-        self.prior = _build(c, "prior", h_dim=c.h_dim, z_dim=c.z_dim)
-        self.posterior = _build(c, "posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)
+        self.likelihood = c.build_block("likelihood")
+        self.encoder = c.build_block("encoder", frame_shape=c.frame_shape, out_dim=c.feature_dim)
+        self.prior = c.build_block("prior", h_dim=c.h_dim, z_dim=c.z_dim)
+        self.posterior = c.build_block("posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.latent_feature_dim), nn.ReLU())
-        self.decoder = _build(
-            c,
+        skip_shapes = skips.skip_arguments(self.encoder, get_builder("decoder", c.decoder), c.encoder, c.decoder)
+        self.uses_skips = bool(skip_shapes)
+        if self.uses_skips and c.skip_residual:
+            # ReZero-style gate, one per likelihood parameter: at zero the model starts out as
+            # the copy of its reference frame, and learns how far to move away from it.
+            shape = (1, self.likelihood.params_per_element) + (1,) * len(c.frame_shape)
+            self.residual_gate = nn.Parameter(torch.zeros(shape))
+        self.decoder = c.build_block(
             "decoder",
             latent_dim=c.latent_feature_dim,
             h_dim=c.h_dim,
             frame_shape=c.frame_shape,
             params_per_element=self.likelihood.params_per_element,
+            **skip_shapes,
         )
-        self.rnn = _build(
-            c,
+        self.rnn = c.build_block(
             "rnn",
             feature_dim=c.feature_dim,
             latent_dim=c.latent_feature_dim,
@@ -132,8 +99,9 @@ class VRNN(nn.Module):
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
-        filtered = self._filter(self._encode(x), self._noise(steps, batch, x, generator))
-        nll = -self._log_prob_frames(x, filtered)
+        features, maps = self._encode(x)
+        filtered = self._filter(features, self._noise(steps, batch, x, generator))
+        nll = -self._log_prob_frames(x, filtered, self._references(maps, steps))
         mean_p, std_p = self._prior(filtered.h)
         kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
         if step_mask is not None:
@@ -181,7 +149,8 @@ class VRNN(nn.Module):
         check_counts(k=k)
         if chunk_size is None:
             chunk_size = self.iwae_chunk_size(batch, steps, k)
-        features = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
+        features, maps = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
+        reference = self._references(maps, steps)
         log_weights = []
         for start in range(0, k, chunk_size):
             n = min(chunk_size, k - start)
@@ -191,7 +160,7 @@ class VRNN(nn.Module):
             )
             mean_p, std_p = self._prior(filtered.h)
             log_w = (
-                self._log_prob_frames(xs, filtered)
+                self._log_prob_frames(xs, filtered, skips.repeat(reference, n))
                 + normal_log_prob(filtered.z, mean_p, std_p).sum(-1)
                 - normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1)
             )
@@ -228,7 +197,7 @@ class VRNN(nn.Module):
         check_counts(num=num, steps=steps)
         device, dtype = self._device_dtype()
         state = self.rnn.initial_state(num, device=device, dtype=dtype)
-        return self._generate(state, steps, generator, mean)
+        return self._generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context)
 
     @torch.no_grad()
     def predict(
@@ -249,14 +218,17 @@ class VRNN(nn.Module):
         """
         batch, steps = self._check_frames(context, "context")
         check_counts(horizon=horizon, samples=samples)
-        features = self._encode(context).repeat_interleave(samples, dim=0)
+        features, maps = self._encode(context)
+        features = features.repeat_interleave(samples, dim=0)
         filtered = self._filter(features, self._noise(steps, batch * samples, context, generator))
-        frames = self._generate(filtered.state, horizon, generator, mean)
+        last = skips.last_frame(maps, batch, steps, samples)
+        hold = steps if self.config.skip_context > 0 else 0  # the last context frame is held
+        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold)
         return frames.view(batch, samples, horizon, *self.config.frame_shape)
 
     # ------------------------------------------------------------------ the recurrence
 
-    def _filter(self, features: Tensor, noise: Tensor, state: Tensor | None = None) -> _Filtered:
+    def _filter(self, features: Tensor, noise: Tensor, state: Tensor | None = None) -> Filtered:
         """Run q over frame features (B, T, E) with posterior noise (T, B, Z): the time loop."""
         batch, steps = features.shape[:2]
         time_major = features.transpose(0, 1)
@@ -265,7 +237,7 @@ class VRNN(nn.Module):
         if self.fused_loop and self._compiled_step is None and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
             posterior_in = self.posterior.precompute(time_major)
             rnn_in = self.rnn.precompute(time_major)
-            return _Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state))
+            return Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state))
         # unbind, not indexing: one backward node stacks the per-step gradients, where
         # indexing would allocate and fill a whole (T, B, ...) gradient for every step.
         posterior_in = self.posterior.precompute(time_major).unbind(0)
@@ -276,7 +248,7 @@ class VRNN(nn.Module):
         for t in range(steps):
             *items, state = step(posterior_in[t], rnn_in[t], noise[t], state)
             outputs.append(items)
-        return _Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state)
+        return Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state)
 
     def _recurrent_step(
         self, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, state: Tensor
@@ -298,51 +270,110 @@ class VRNN(nn.Module):
         self.decoder.compile(**options)
         self._compiled_step = torch.compile(self._recurrent_step, **options)
 
-    def filter_step(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def filter_step(
+        self, frame: Tensor, state: Tensor, noise: Tensor, *, with_reference: bool = False
+    ) -> tuple[Tensor, ...]:
         """One step of filtering a real frame (B, *frame) from ``state`` with posterior noise
-        (B, z_dim): the next state and the latent z_t drawn from q.
+        (B, z_dim): the next state and the latent z_t drawn from q, and with
+        ``with_reference`` the frame's skip reference (None without a skip decoder).
 
         The exported ONNX filtering graph is this function."""
-        e = self.encoder(frame)
+        e, reference = self._encode_frame(frame)
         mean, std = self.posterior(e, self.rnn.output(state))
         z = torch.addcmul(mean, std, noise)
-        return self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state), z
+        next_state = self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state)
+        return (next_state, z, reference) if with_reference else (next_state, z)
 
     def generate_step(
-        self, state: Tensor, noise: Tensor, *, mean: bool = True, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self,
+        state: Tensor,
+        noise: Tensor,
+        reference: list[Tensor] | None = None,
+        *,
+        mean: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor] | None]:
         """One step of generation from ``state`` with prior noise (B, z_dim): the likelihood's
-        parameters, the frame (its mean, or a draw with ``mean=False``) and the next state.
+        parameters, the frame (its mean, or a draw with ``mean=False``), the next state and,
+        for a skip decoder, the new frame's reference (None otherwise). ``reference`` is the
+        skip reference of this step (see ``vrnnkit.skips``; None: zeros, as at step 0).
 
         The exported ONNX and torch.export graphs are this function."""
         h = self.rnn.output(state)
         prior_mean, prior_std = self.prior(h)
         f = self.phi_z(torch.addcmul(prior_mean, prior_std, noise))
-        params = self.decoder(f, h)
+        if self.uses_skips and reference is None:
+            reference = skips.zeros(self._reference_shapes(), state.shape[0], state)
+        params = self._decode(f, h, reference)
         frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
-        return params, frame, self.rnn.step(self.rnn.precompute(self.encoder(frame)), f, state)
+        features, new_reference = self._encode_frame(frame)
+        return params, frame, self.rnn.step(self.rnn.precompute(features), f, state), new_reference
+
+    def _encode_frame(self, frame: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+        """phi_x of one frame per sequence, and its skip reference when the decoder takes one."""
+        if not self.uses_skips:
+            return self.encoder(frame), None
+        features, maps = self.encoder.encode(frame)
+        return features, [frame, *maps]
+
+    def _decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
+        """The likelihood's parameters from the latent features, h_{t-1} and, for a skip
+        decoder, the reference frame followed by its feature maps. With ``skip_residual`` the
+        decoder's output is added to the parameters whose mean is the reference frame, so it
+        predicts what changes (copying is the starting point, not something to learn)."""
+        if reference is None:
+            return self.decoder(f, h)
+        params = self.decoder(f, h, reference[1:])
+        if self.config.skip_residual:
+            params = self.residual_gate * params + self.likelihood.frame_params(reference[0])
+        return params
 
     def _generate(
-        self, state: Tensor, steps: int, generator: torch.Generator | None, use_mean: bool
+        self,
+        state: Tensor,
+        steps: int,
+        generator: torch.Generator | None,
+        use_mean: bool,
+        reference: list[Tensor] | None,
+        *,
+        first: int,
+        hold: int,
     ) -> Tensor:
-        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back."""
+        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back.
+
+        ``first`` is the index of the first generated frame in its sequence and ``reference``
+        the skip reference of that step. A generated frame becomes the reference while its index
+        is below ``hold`` (always when ``hold`` is 0): ``vrnnkit.skips``' rule."""
         frames = []
         shape = (state.shape[0], self.config.z_dim)
-        for _ in range(steps):
+        for t in range(first, first + steps):
             noise = randn(shape, generator=generator, device=state.device, dtype=state.dtype)
-            _, frame, state = self.generate_step(state, noise, mean=use_mean, generator=generator)
+            _, frame, state, new_reference = self.generate_step(state, noise, reference, mean=use_mean, generator=generator)
+            if hold == 0 or t < hold:
+                reference = new_reference
             frames.append(frame)
         return torch.stack(frames, dim=1)
 
     # ------------------------------------------------------------------ helpers
 
-    def _encode(self, x: Tensor) -> Tensor:
-        """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E)."""
+    def _encode(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+        """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
+        skip decoder, the reference of every frame (the frames, then each level of maps)."""
         frames = x.flatten(0, 1)
-        chunk = self._frame_chunk(frames)
-        if chunk >= frames.shape[0]:
-            return self.encoder(frames).view(x.shape[0], x.shape[1], -1)
-        return torch.cat([self.encoder(part) for part in frames.split(chunk)]).view(x.shape[0], x.shape[1], -1)
+        parts = frames.split(self._frame_chunk(frames))
+        if not self.uses_skips:
+            return torch.cat([self.encoder(p) for p in parts]).view(x.shape[0], x.shape[1], -1), None
+        encoded = [self.encoder.encode(p) for p in parts]
+        features = torch.cat([e for e, _ in encoded]).view(x.shape[0], x.shape[1], -1)
+        maps = [torch.cat(level) for level in zip(*(m for _, m in encoded), strict=True)]
+        return features, [frames, *maps]
+
+    def _references(self, maps: list[Tensor] | None, steps: int) -> list[Tensor] | None:
+        """Each step's skip reference, from the references of every frame (``_encode``)."""
+        return None if maps is None else skips.gather(maps, steps, self.config.skip_context)
+
+    def _reference_shapes(self) -> list[tuple[int, ...]]:
+        return [self.config.frame_shape, *self.encoder.skip_shapes]
 
     def _frame_chunk(self, frames: Tensor) -> int:
         """How many frames the batched encoder and decoder take at once. On the CPU, chunks of
@@ -358,15 +389,20 @@ class VRNN(nn.Module):
         mean, std = self.prior(h.flatten(0, 1))
         return mean.view(*h.shape[:2], -1), std.view(*h.shape[:2], -1)
 
-    def _log_prob_frames(self, x: Tensor, filtered: _Filtered) -> Tensor:
-        """log p(x_t | z_t, h_{t-1}) for every step at once: (B, T)."""
+    def _log_prob_frames(self, x: Tensor, filtered: Filtered, references: list[Tensor] | None) -> Tensor:
+        """log p(x_t | z_t, h_{t-1}) for every step at once: (B, T); ``references`` are the skip
+        references of every step, for a skip decoder."""
         f, h, frames = filtered.f.flatten(0, 1), filtered.h.flatten(0, 1), x.flatten(0, 1)
         chunk = self._frame_chunk(frames)
-        if chunk >= frames.shape[0]:
-            return self.likelihood.log_prob(self.decoder(f, h), frames).view(x.shape[:2])
+        if references is None:
+            chunked_references = [None] * len(frames.split(chunk))
+        else:
+            chunked_references = [list(r) for r in zip(*(m.split(chunk) for m in references), strict=True)]
         parts = [
-            self.likelihood.log_prob(self.decoder(f_part, h_part), x_part)
-            for f_part, h_part, x_part in zip(f.split(chunk), h.split(chunk), frames.split(chunk), strict=True)
+            self.likelihood.log_prob(self._decode(f_part, h_part, reference), x_part)
+            for f_part, h_part, x_part, reference in zip(
+                f.split(chunk), h.split(chunk), frames.split(chunk), chunked_references, strict=True
+            )
         ]
         return torch.cat(parts).view(x.shape[:2])
 
@@ -402,15 +438,3 @@ class VRNN(nn.Module):
     def num_parameters(self) -> int:
         """The number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-def _build(config: VRNNConfig, kind: str, **shape_arguments: Any) -> nn.Module:
-    name = getattr(config, kind)
-    options = getattr(config, f"{kind}_options")
-    clash = sorted(set(options) & set(shape_arguments))
-    if clash:
-        raise ConfigError(f"{kind}_options may not set {', '.join(clash)}: the model sets it from the config")
-    try:
-        return build(kind, name, **shape_arguments, **options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"cannot build {kind} block {name!r} with options {options}: {error}") from None

@@ -11,6 +11,12 @@ What the model passes to each builder (plus the user's options for that block):
 | rnn        | feature_dim, latent_dim, hidden_size, num_layers           | subclass of RecurrentCell                   |
 | likelihood | (options only)                                              | subclass of Likelihood                      |
 
+Skip connections (see ``vrnnkit.skips``): an encoder with ``provides_skips = True`` also has
+``encode(x) -> (features, maps)`` and ``skip_shapes``, the (C, H, W) of each map; a decoder with
+``uses_skips = True`` is built with ``skip_shapes`` too and called as ``(f, h, maps)``, the maps
+of the step's reference frame. A likelihood's ``frame_params(frame)`` gives the parameters
+whose mean is ``frame``, which ``skip_residual`` adds the decoder's output to.
+
 Posterior and RecurrentCell split their work in two so that the model can keep the time loop
 short: ``precompute`` runs once over the features of every frame before the loop, ``step``
 runs at each time step. Their defaults (identity, then ``forward``) let a plug-in implement
@@ -96,3 +102,8 @@ class Likelihood(nn.Module):
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:  # pragma: no cover
         """A frame drawn from the distribution, shape (N, *frame)."""
         raise NotImplementedError
+
+    def frame_params(self, frame: Tensor) -> Tensor:  # pragma: no cover
+        """Parameters (N, P, *frame) whose distribution has ``frame`` as its mean (or close):
+        what a residual skip decoder adds its output to."""
+        raise NotImplementedError(f"likelihood {type(self).__name__} does not define frame_params")

@@ -47,6 +47,10 @@ class Bernoulli(Likelihood):
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params[:, 0])
 
+    def frame_params(self, frame: Tensor) -> Tensor:
+        # Clamped so that an exact 0 or 1 gives a finite logit (+-6.9).
+        return torch.logit(frame.clamp(1e-3, 1 - 1e-3)).unsqueeze(1)
+
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         probs = self.mean(params)
         return (rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype) < probs).to(probs.dtype)
@@ -86,6 +90,10 @@ class Gaussian(Likelihood):
     def mean(self, params: Tensor) -> Tensor:
         return params[:, 0]
 
+    def frame_params(self, frame: Tensor) -> Tensor:
+        zeros = torch.zeros_like(frame).unsqueeze(1).expand(-1, self.params_per_element - 1, *frame.shape[1:])
+        return torch.cat([frame.unsqueeze(1), zeros], dim=1)
+
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         mean, std = self._mean_std(params)
         return torch.addcmul(mean, std, _randn_like(mean, generator))
@@ -124,6 +132,11 @@ class GaussianMixture(Likelihood):
         if self.per_element:
             return _per_frame(torch.logsumexp(log_weights + component, dim=1))
         return torch.logsumexp(log_weights + component.flatten(2).sum(2), dim=1)
+
+    def frame_params(self, frame: Tensor) -> Tensor:
+        k = self.components
+        zeros = torch.zeros_like(frame).unsqueeze(1).expand(-1, k, *frame.shape[1:])
+        return torch.cat([zeros, frame.unsqueeze(1).expand(-1, k, *frame.shape[1:]), zeros], dim=1)
 
     def mean(self, params: Tensor) -> Tensor:
         log_weights, means, _ = self._split(params)

@@ -47,6 +47,8 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("feature_dim", MODEL, "Width of the frame features phi_x(x_t) (default: --h-dim).", {"min": 1}),
     ("latent_feature_dim", MODEL, "Width of the latent features phi_z(z_t) (default: --h-dim).", {"min": 1}),
     ("layers", MODEL, "Recurrent layers.", {"min": 1}),
+    ("skip_context", MODEL, "Skip decoders: 0 takes skips from the previous frame; N from the previous frame up to frame N, then holds frame N (SVG).", {"min": 0}),
+    ("skip_residual", MODEL, "Skip decoders: predict the change from the skip frame (copying it is where training starts).", {}),
     ("steps", OPTIMISATION, f"Optimiser steps ({DEFAULT_STEPS} when --epochs is not given).", {"min": 1}),
     ("epochs", OPTIMISATION, "Passes over the training windows, instead of --steps.", {"min": 1}),
     ("batch_size", OPTIMISATION, "Sequences per batch (per process with --nproc).", {"min": 1}),

@@ -35,6 +35,7 @@ MODEL_OPTIONS = {
     "encoder": "encoder", "decoder": "decoder", "prior": "prior", "posterior": "posterior", "rnn": "rnn",
     "likelihood": "likelihood", "h_dim": "h_dim", "z_dim": "z_dim", "feature_dim": "feature_dim",
     "latent_feature_dim": "latent_feature_dim", "layers": "rnn_layers",
+    "skip_context": "skip_context", "skip_residual": "skip_residual",
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
 BLOCK_OPTIONS = "block_options"
