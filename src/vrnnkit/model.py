@@ -129,12 +129,13 @@ class VRNN(nn.Module):
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
+        x = _zero_padding(x, step_mask)
         filtered = self._filter(self._encode(x), self._noise(steps, batch, x, generator))
         nll = -self._log_prob_frames(x, filtered)
         mean_p, std_p = self._prior(filtered.h)
         kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
         if step_mask is not None:
-            nll, kl = nll * step_mask, kl * step_mask
+            nll, kl = _masked(nll, step_mask), _masked(kl, step_mask)
         kl_per_step = kl.mean(0)
         kl_term = kl_per_step.sum()
         if free_bits > 0:
@@ -175,6 +176,7 @@ class VRNN(nn.Module):
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
+        x = _zero_padding(x, step_mask)
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k (importance samples) must be a positive integer, got {k!r}")
         if chunk_size is None:
@@ -194,7 +196,7 @@ class VRNN(nn.Module):
                 - normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1)
             )
             if step_mask is not None:
-                log_w = log_w * step_mask.repeat(n, 1)
+                log_w = _masked(log_w, step_mask.repeat(n, 1))
             log_weights.append(log_w.sum(1).view(n, batch))
         return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
@@ -402,6 +404,22 @@ def _build(config: VRNNConfig, kind: str, **shape_arguments: Any) -> nn.Module:
         return build(kind, name, **shape_arguments, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"cannot build {kind} block {name!r} with options {options}: {error}") from None
+
+
+def _zero_padding(x: Tensor, step_mask: Tensor | None) -> Tensor:
+    """``x`` with the frames of padded steps set to 0. Padding may hold anything (NaN, inf);
+    zeroed, it cannot reach a real step's value nor, through 0 * NaN in a weight gradient,
+    the gradients."""
+    if step_mask is None:
+        return x
+    keep = step_mask.view(*step_mask.shape, *([1] * (x.dim() - 2))) > 0
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _masked(values: Tensor, step_mask: Tensor) -> Tensor:
+    """Per-step values (B, T) with padded steps set to 0: a select, not a product, so that a
+    non-finite value behind the mask stays out (NaN * 0 is NaN)."""
+    return torch.where(step_mask > 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 def _check_count(**counts: int) -> None:
