@@ -123,7 +123,9 @@ class VRNN(nn.Module):
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape).
 
-        ``mask`` (B, T) marks the observed steps of padded sequences. ``kl_weight`` scales the
+        ``mask`` (B, T) marks the observed steps of padded sequences (1 observed, 0 padding);
+        a padded frame may hold anything, NaN included: it is zeroed before encoding and left
+        out of every sum. ``kl_weight`` scales the
         KL in the loss (KL annealing); ``free_bits`` is a floor, in nats, on each step's
         batch-mean KL in the loss (steps below it get no push towards the prior).
         """
@@ -172,7 +174,7 @@ class VRNN(nn.Module):
         ``log w = sum_t [log p(x_t | ·) + log p(z_t | h_{t-1}) - log q(z_t | ·)]`` and the bound
         is ``logsumexp_k(log w) - log k``. k=1 is the ELBO in expectation; the bound tightens
         towards log p(x) as k grows. Samples are processed ``chunk_size`` at a time to bound
-        memory.
+        memory. ``mask`` (B, T) marks observed steps, as in ``forward``.
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
