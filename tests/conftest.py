@@ -7,6 +7,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+JSB_FILE = ROOT.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ derivatives of the activations are computed once for all steps.
 
 It computes exactly what ``VRNN._filter`` computes with autograd for these blocks; the tests
 compare both, gradients included. ``fused_filter_supported`` says when it applies: an ``mlp``
-posterior with ReLU activations, a one-layer ``gru``, no autocast.
+posterior with ReLU activations, a one-layer ``gru``, no dropout active in either, no autocast.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vrnnkit.blocks.layers import has_active_dropout
 from vrnnkit.blocks.mlp import MLPPosterior
 from vrnnkit.blocks.rnn import GRU
 
@@ -28,13 +29,15 @@ def fused_filter_supported(posterior: nn.Module, rnn: nn.Module, phi_z: nn.Modul
     return (
         type(posterior) is MLPPosterior
         and isinstance(posterior.act, nn.ReLU)
-        and all(isinstance(m, (nn.Linear, nn.ReLU)) for m in posterior.body)
+        and all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in posterior.body)
         and type(rnn) is GRU
         and rnn.num_layers == 1
         and rnn.from_state[0].bias is not None
         and isinstance(phi_z, nn.Sequential)
         and len(phi_z) == 2
         and isinstance(phi_z[1], nn.ReLU)
+        and not has_active_dropout(posterior)
+        and not has_active_dropout(rnn)
         and not any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
     )
 

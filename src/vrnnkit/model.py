@@ -32,6 +32,7 @@ from vrnnkit.config import VRNNConfig
 from vrnnkit.distributions import normal_kl, normal_log_prob, randn
 from vrnnkit.errors import ConfigError, DataError
 from vrnnkit.fused import fused_filter, fused_filter_supported
+from vrnnkit.masking import masked, zero_padding
 from vrnnkit.outputs import Filtered, VRNNOutput
 from vrnnkit.registry import get_builder
 
@@ -93,19 +94,22 @@ class VRNN(nn.Module):
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape).
 
-        ``mask`` (B, T) marks the observed steps of padded sequences. ``kl_weight`` scales the
+        ``mask`` (B, T) marks the observed steps of padded sequences (1 observed, 0 padding);
+        a padded frame may hold anything, NaN included: it is zeroed before encoding and left
+        out of every sum. ``kl_weight`` scales the
         KL in the loss (KL annealing); ``free_bits`` is a floor, in nats, on each step's
         batch-mean KL in the loss (steps below it get no push towards the prior).
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
+        x = zero_padding(x, step_mask)
         features, maps = self._encode(x)
         filtered = self._filter(features, self._noise(steps, batch, x, generator))
         nll = -self._log_prob_frames(x, filtered, self._references(maps, steps))
         mean_p, std_p = self._prior(filtered.h)
         kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
         if step_mask is not None:
-            nll, kl = nll * step_mask, kl * step_mask
+            nll, kl = masked(nll, step_mask), masked(kl, step_mask)
         kl_per_step = kl.mean(0)
         kl_term = kl_per_step.sum()
         if free_bits > 0:
@@ -142,10 +146,11 @@ class VRNN(nn.Module):
         ``log w = sum_t [log p(x_t | ·) + log p(z_t | h_{t-1}) - log q(z_t | ·)]`` and the bound
         is ``logsumexp_k(log w) - log k``. k=1 is the ELBO in expectation; the bound tightens
         towards log p(x) as k grows. Samples are processed ``chunk_size`` at a time to bound
-        memory.
+        memory. ``mask`` (B, T) marks observed steps, as in ``forward``.
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
+        x = zero_padding(x, step_mask)
         check_counts(k=k)
         if chunk_size is None:
             chunk_size = self.iwae_chunk_size(batch, steps, k)
@@ -165,7 +170,7 @@ class VRNN(nn.Module):
                 - normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1)
             )
             if step_mask is not None:
-                log_w = log_w * step_mask.repeat(n, 1)
+                log_w = masked(log_w, step_mask.repeat(n, 1))
             log_weights.append(log_w.sum(1).view(n, batch))
         return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 

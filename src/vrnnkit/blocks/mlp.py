@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from vrnnkit.blocks.base import Posterior
 from vrnnkit.blocks.layers import activation as make_activation
-from vrnnkit.blocks.layers import check_positive, mlp, numel
+from vrnnkit.blocks.layers import check_dropout, check_positive, mlp, numel
 from vrnnkit.distributions import positive_std
 from vrnnkit.registry import register
 
@@ -24,7 +24,8 @@ def _widths(hidden: int, layers: int) -> list[int]:
 
 @register("encoder", "mlp")
 class MLPEncoder(nn.Module):
-    """phi_x on flattened frames: ``layers`` linear layers, the last of width ``out_dim``."""
+    """phi_x on flattened frames: ``layers`` linear layers, the last of width ``out_dim``;
+    ``dropout`` after each activation."""
 
     def __init__(
         self,
@@ -33,12 +34,13 @@ class MLPEncoder(nn.Module):
         hidden: int | None = None,
         layers: int = 2,
         activation: str = "relu",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive(out_dim=out_dim)
         widths = _widths(hidden or out_dim, layers)
         widths[-1] = out_dim
-        self.net = mlp(numel(tuple(frame_shape)), widths, activation)
+        self.net = mlp(numel(tuple(frame_shape)), widths, activation, dropout=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.flatten(1))
@@ -47,7 +49,7 @@ class MLPEncoder(nn.Module):
 @register("decoder", "mlp")
 class MLPDecoder(nn.Module):
     """p(x_t | z_t, h_{t-1})'s parameters from [phi_z(z_t), h_{t-1}] through ``layers`` hidden
-    layers; any frame shape, vectors or images."""
+    layers (``dropout`` after each activation); any frame shape, vectors or images."""
 
     def __init__(
         self,
@@ -58,11 +60,12 @@ class MLPDecoder(nn.Module):
         hidden: int | None = None,
         layers: int = 2,
         activation: str = "relu",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive(latent_dim=latent_dim, h_dim=h_dim, params_per_element=params_per_element)
         self.out_shape = (params_per_element, *frame_shape)
-        self.body = mlp(latent_dim + h_dim, _widths(hidden or h_dim, layers), activation)
+        self.body = mlp(latent_dim + h_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
         self.head = nn.Linear(hidden or h_dim, numel(self.out_shape))
 
     def forward(self, f: Tensor, h: Tensor) -> Tensor:
@@ -97,10 +100,11 @@ class MLPPrior(nn.Module):
         layers: int = 1,
         activation: str = "relu",
         min_std: float = 1e-3,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive(h_dim=h_dim, z_dim=z_dim)
-        self.body = mlp(h_dim, _widths(hidden or h_dim, layers), activation)
+        self.body = mlp(h_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
         self.head = _GaussianHead(hidden or h_dim, z_dim, min_std)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,7 +131,8 @@ class MLPPosterior(Posterior):
 
     The first layer is one linear map of the concatenation, stored as its two halves: the
     frame-feature half runs over every step before the time loop (``precompute``), so the loop
-    multiplies only h_{t-1}.
+    multiplies only h_{t-1}. ``dropout`` follows each activation; while it is active in
+    training, the model's time loop runs under autograd instead of ``vrnnkit.fused``.
     """
 
     def __init__(
@@ -139,21 +144,24 @@ class MLPPosterior(Posterior):
         layers: int = 2,
         activation: str = "relu",
         min_std: float = 1e-3,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive(feature_dim=feature_dim, h_dim=h_dim, z_dim=z_dim)
+        check_dropout(dropout)
         widths = _widths(hidden or h_dim, layers)
         self.from_features = nn.Linear(feature_dim, widths[0])
         self.from_state = nn.Linear(h_dim, widths[0], bias=False)
         self.act = make_activation(activation)
-        self.body = mlp(widths[0], widths[1:], activation)
+        self.dropout = nn.Dropout(dropout)
+        self.body = mlp(widths[0], widths[1:], activation, dropout=dropout)
         self.head = _GaussianHead(widths[-1], z_dim, min_std)
 
     def precompute(self, e: Tensor) -> Tensor:
         return self.from_features(e)
 
     def step(self, pre: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        a = self.act(torch.addmm(pre, h, self.from_state.weight.t()))
+        a = self.dropout(self.act(torch.addmm(pre, h, self.from_state.weight.t())))
         return self.head(self.body(a))
 
     def forward(self, e: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,11 @@ step at a time) compute; the tests hold them to it. They are written out here fo
 the first layer's input is [e_t, f_t], and its frame-feature half does not depend on the
 recurrence, so ``precompute`` multiplies it for every step at once before the time loop and
 the loop only multiplies f_t and h_{t-1}.
+
+``dropout`` (default 0) drops the non-recurrent connections of the cell, as Zaremba et al.
+(2014) do: the inputs e_t and f_t of the first layer and the h passed from one layer to the
+next; the recurrent path h_{t-1} -> h_t is never dropped. While it is active in training the
+model's time loop runs under autograd instead of ``vrnnkit.fused``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vrnnkit.blocks.base import RecurrentCell
-from vrnnkit.blocks.layers import check_positive
+from vrnnkit.blocks.layers import check_dropout, check_positive
 from vrnnkit.registry import register
 
 
@@ -30,8 +35,10 @@ class _StackedCell(RecurrentCell):
         num_layers: int = 1,
         bias: bool = True,
         learn_initial_state: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(learn_initial_state)
+        check_dropout(dropout)
         check_positive(
             feature_dim=feature_dim, latent_dim=latent_dim, hidden_size=hidden_size, num_layers=num_layers
         )
@@ -43,6 +50,7 @@ class _StackedCell(RecurrentCell):
         self.from_latent = nn.Linear(latent_dim, width, bias=False)
         self.from_below = nn.ModuleList(nn.Linear(hidden_size, width, bias=bias) for _ in range(num_layers - 1))
         self.from_state = nn.ModuleList(nn.Linear(hidden_size, width, bias=bias) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
         self._init_state_parameter()
 
     def _layer(self, gi: Tensor, layer: int, state: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,10 +64,10 @@ class _StackedCell(RecurrentCell):
         return state[..., start : start + self.hidden_size]
 
     def precompute(self, e: Tensor) -> Tensor:
-        return self.from_features(e)
+        return self.from_features(self.dropout(e))
 
     def step(self, pre: Tensor, f: Tensor, state: Tensor) -> Tensor:
-        gi = torch.addmm(pre, f, self.from_latent.weight.t())
+        gi = torch.addmm(pre, self.dropout(f), self.from_latent.weight.t())
         if self.num_layers == 1:
             return self._layer(gi, 0, state)[0]
         layer_states = state.split(self.per_layer * self.hidden_size, dim=-1)
@@ -68,7 +76,7 @@ class _StackedCell(RecurrentCell):
             new_state, h = self._layer(gi, layer, layer_states[layer])
             new_states.append(new_state)
             if layer + 1 < self.num_layers:
-                gi = self.from_below[layer](h)
+                gi = self.from_below[layer](self.dropout(h))
         return torch.cat(new_states, dim=-1)
 
 
