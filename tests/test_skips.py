@@ -110,3 +110,34 @@ def test_onnx_export_of_a_skip_model_carries_the_reference_in_its_state(tmp_path
     assert report["max_abs_difference"] <= 1e-4
     frame_and_maps = 16 * 12 + sum(c * h * w for c, h, w in model.encoder.skip_shapes)
     assert state_size(model) == model.rnn.state_size + frame_and_maps
+
+
+def test_a_skip_decoder_with_a_plain_encoder_fails_before_any_data_is_read(tmp_path, monkeypatch):
+    import vrnnkit.data.sources as sources
+    from tests.conftest import train_cli
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was generated or read before the blocks were checked")
+
+    for name in ("open_source", "bouncing_balls", "open_sequences", "load_mnist"):
+        monkeypatch.setattr(sources, name, no_data)
+    result = train_cli("--encoder", "conv", "--decoder", "convT-skip", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "decoder 'convT-skip' needs the feature maps of a skip encoder, but encoder 'conv' gives none" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_auto_encoder_of_a_skip_decoder_is_the_skip_encoder():
+    assert VRNNConfig(frame_shape=(1, 16, 16), decoder="convT-skip").encoder == "conv-skip"
+    assert VRNNConfig(frame_shape=(1, 16, 16)).encoder == "conv"
+
+
+@pytest.mark.parametrize("options", [{"depth": 1}, {"norm": "batch"}, {"norm": "none", "channels": 8, "max_channels": 16}])
+def test_stronger_conv_options_build_and_train(options):
+    config = VRNNConfig(frame_shape=(1, 20, 16), h_dim=16, z_dim=3, encoder="conv-skip", decoder="convT-skip",
+                        encoder_options=options, decoder_options=options)
+    model = VRNN(config)
+    out = model(torch.rand(2, 3, 1, 20, 16))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -75,10 +75,10 @@ class VRNNConfig:
         if not isinstance(self.skip_residual, bool):
             raise ConfigError(f"skip_residual must be true or false, got {self.skip_residual!r}")
         if shape is not None:
-            if self.encoder == "auto":
-                self.encoder = "conv" if self.is_image else "mlp"
             if self.decoder == "auto":
                 self.decoder = "convT" if self.is_image else "mlp"
+            if self.encoder == "auto":  # a skip decoder gets the encoder that feeds it
+                self.encoder = ("conv-skip" if _block_flag("decoder", self.decoder, "uses_skips") else "conv") if self.is_image else "mlp"
         for kind in _BLOCK_FIELDS:
             name = getattr(self, kind)
             unresolved = shape is None and kind in ("encoder", "decoder") and name == "auto"
@@ -88,6 +88,11 @@ class VRNNConfig:
             options = getattr(self, f"{kind}_options")
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"{kind}_options must be a mapping of option names to values, got {options!r}")
+        if _block_flag("decoder", self.decoder, "uses_skips") and _block_flag("encoder", self.encoder, "provides_skips") is False:
+            raise ConfigError(
+                f"decoder {self.decoder!r} needs the feature maps of a skip encoder, but encoder "
+                f"{self.encoder!r} gives none; use an encoder that provides them (e.g. 'conv-skip')"
+            )
 
     @property
     def is_image(self) -> bool:
@@ -154,3 +159,13 @@ class VRNNConfig:
         except json.JSONDecodeError as error:
             raise ConfigError(f"the VRNN config is not valid JSON: {error}") from None
         return cls.from_dict(data)
+
+
+def _block_flag(kind: str, name: str, flag: str) -> bool | None:
+    """A class attribute a registered block declares (``uses_skips``, ``provides_skips``); None
+    when the name is not resolved yet or the builder is not a class (a plug-in function: its
+    blocks are checked once built)."""
+    if name == "auto" or not is_registered(kind, name):
+        return None
+    builder = get_builder(kind, name)
+    return bool(getattr(builder, flag, False)) if isinstance(builder, type) else None
