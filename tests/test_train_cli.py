@@ -222,7 +222,7 @@ def test_an_unknown_block_fails_with_exit_code_2_before_any_data_is_made_or_read
 
     for name in ("open_source", "build_dataset", "bouncing_balls", "open_sequences", "load_mnist"):
         monkeypatch.setattr(sources, name, no_data)
-    monkeypatch.setattr("vrnnkit.training.loop.build_dataset", no_data)
+    monkeypatch.setattr("vrnnkit.training.batching.build_dataset", no_data)
     result = train_cli("--decoder", "nosuch", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert "unknown decoder block 'nosuch'" in result.output and "convT, convT-skip, mlp" in result.output

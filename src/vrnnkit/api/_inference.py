@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,21 @@ import torch
 from torch import Tensor
 
 from vrnnkit._atomic import write_json
+from vrnnkit.api._music import (
+    MUSIC_SUFFIXES,
+    check_music_output,
+    evaluate_file,
+    is_music_output,
+    model_note_range,
+    read_sequences_input,
+    write_rolls,
+)
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
 from vrnnkit.data.frames import format_size, parse_size
-from vrnnkit.data.sources import open_source
+from vrnnkit.data.music import NoteRange
+from vrnnkit.data.sources import BUILTIN_DATA, open_source
+from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
 from vrnnkit.metrics import prediction_metrics
@@ -43,15 +55,23 @@ def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
 
 
 def sample(
-    model: VRNN, num: int = 8, steps: int = 20, *, seed: int = 0, mean: bool = True,
-    out: str | os.PathLike[str] | None = None,
+    model: VRNN, num: int = 8, steps: int = 20, *, seed: int = 0, mean: bool | None = None,
+    out: str | os.PathLike[str] | None = None, note_range: NoteRange | None = None,
 ) -> Tensor:
     """``num`` clips of ``steps`` frames from the prior (``VRNN.sample``), also written to
-    ``out`` (.gif, .png, .mp4, .npy; vector models .npy, .csv, .png) when given."""
+    ``out`` (.gif, .png, .mp4, .npy; vector models .npy, .csv, .png) when given. A piano-roll
+    model (88 notes, or ``note_range``) also writes ``.mid`` (one file per clip) and draws a
+    ``.png`` as a piano roll. ``mean`` (frames are the likelihood's mean, not draws from it)
+    defaults to True, except for MIDI, whose notes are drawn."""
+    music = is_music_output(out, model, note_range)
     if out is not None:
-        check_output(Path(out), image=model.config.is_image)
+        (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))
+    if mean is None:
+        mean = not (out is not None and Path(out).suffix.lower() in MUSIC_SUFFIXES)
     clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean)
-    if out is not None:
+    if out is not None and music:
+        write_rolls(Path(out), clips, model_note_range(model, note_range))
+    elif out is not None:
         write_clips(Path(out), clips)
     return clips
 
@@ -80,7 +100,7 @@ class Prediction:
 
 def predict(
     model: VRNN, videos: Tensor, *, context: int = 5, horizon: int | None = None, samples: int = 3,
-    seed: int = 0, mean: bool = True, require_metrics: bool = False, source: str = "the input",
+    seed: int = 0, mean: bool | None = True, require_metrics: bool = False, source: str = "the input",
 ) -> Prediction:
     """Predict ``samples`` futures of each sequence in ``videos`` (B, T, *frame) from its
     first ``context`` frames, and score them against the real frames that follow.
@@ -99,7 +119,7 @@ def predict(
     if require_metrics and not (has_truth and image):
         reason = "PSNR and SSIM apply to image frames" if not image else f"{source} has no {horizon} frames after the context to compare with"
         raise DataError(f"--json needs metrics: {reason}")
-    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean)
+    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False)
     result = Prediction(videos[:, :context], futures, truth if has_truth else None)
     if has_truth and image:
         try:
@@ -122,19 +142,33 @@ def default_prediction_path(path: str | os.PathLike[str], *, image: bool = True)
 def predict_file(
     model: VRNN, path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
     json_out: str | os.PathLike[str] | None = None, layout: str | None = None, resize: bool = False,
-    size: Any = None, grey: bool = False, **options: Any,
+    size: Any = None, grey: bool = False, split: str | None = None, note_range: NoteRange | None = None,
+    **options: Any,
 ) -> Prediction:
     """``predict`` on the sequences of a file (``read_input``, which takes ``layout``,
     ``resize``, ``size`` and ``grey``), written to ``out`` (default
     ``default_prediction_path``; never the input): image models as rows of [context, truth]
     and [context, future] clips with coloured borders (.npy: the raw futures), vector models
-    as the futures. The metrics go to ``json_out`` when given. ``options`` are ``predict``'s."""
+    as the futures. The metrics go to ``json_out`` when given. ``options`` are ``predict``'s.
+
+    Sequences of different lengths (a note-list JSON, whose ``split`` is ``test`` by default;
+    a .npz of several arrays; a folder) give their first ``context`` steps. A piano-roll model
+    (88 notes, or ``note_range``) writes ``.mid`` (context then future, one file per sequence
+    and sample) or draws a ``.png`` piano roll."""
     path = Path(path)
     out = default_prediction_path(path, image=model.config.is_image) if out is None else Path(out)
-    check_output(out, image=model.config.is_image)
+    music = is_music_output(out, model, note_range)
+    (check_music_output if music else partial(check_output, image=model.config.is_image))(out)
     if out.resolve() == path.resolve():
         raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
-    videos = read_input(model, path, layout=layout, resize=resize, size=size, grey=grey)
+    if is_variable_length(str(path)):
+        videos = read_sequences_input(model, path, split, options.get("context", 5))
+    elif split is not None:
+        raise ConfigError(f"--split applies to note-list JSON files; {path} holds one set of sequences")
+    else:
+        videos = read_input(model, path, layout=layout, resize=resize, size=size, grey=grey)
+    if music:
+        return _predict_music(model, videos, out, note_range, source=str(path), **options)
     _check_writable(json_out, "--json")
     prediction = predict(model, videos, require_metrics=json_out is not None, source=str(path), **options)
     futures = prediction.futures
@@ -144,6 +178,17 @@ def predict_file(
         write_clips(out, *_prediction_rows(prediction))
     if json_out is not None and prediction.metrics is not None:
         write_json(Path(json_out), prediction.metrics)
+    prediction.path = out
+    return prediction
+
+
+def _predict_music(model: VRNN, videos: Tensor, out: Path, note_range: NoteRange | None, **options: Any) -> Prediction:
+    """``predict``, written as piano rolls: each sequence's context then each sampled future."""
+    if options.get("mean") is None:
+        options["mean"] = False  # notes are drawn, as in sample
+    prediction = predict(model, videos, **options)
+    rolls = torch.cat([prediction.context[:, None].expand(-1, prediction.futures.shape[1], -1, -1), prediction.futures], 2)
+    write_rolls(out, rolls.flatten(0, 1), model_note_range(model, note_range))
     prediction.path = out
     return prediction
 
@@ -216,13 +261,27 @@ def _check_writable(path: str | os.PathLike[str] | None, option: str) -> None:
 def evaluate(
     model: VRNN, data: str | os.PathLike[str] | Tensor | np.ndarray | Any, *, num_sequences: int = 256,
     mnist_dir: str | None = None, layout: str | None = None, json_out: str | os.PathLike[str] | None = None,
-    size: Any = None, grey: bool = False, **options: Any,
+    size: Any = None, grey: bool = False, split: str | None = None, per_sequence: str | os.PathLike[str] | None = None,
+    per_step: bool = False, **options: Any,
 ) -> dict[str, Any]:
     """``vrnnkit.evaluation.evaluate`` (whose ``options`` it takes) on test data: an array or
     sequences as there, or a file, or a built-in data set's held-out sequences
     (``num_sequences`` of them where they are generated), whose frames ``size`` (64 or
     "64x48", HEIGHTxWIDTH) and ``grey`` convert as they are read. The report also goes to
-    ``json_out``."""
+    ``json_out``.
+
+    A file of sequences of different lengths (a note-list JSON, whose ``split`` is ``test``
+    by default; a .npz of several arrays or with lengths; a folder) is scored per time step
+    instead: ``vrnnkit.sequence_eval.evaluate_variable_length`` (no prediction metrics), with
+    per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
+    step's ELBO term)."""
+    if isinstance(data, (str, os.PathLike)) and str(data) not in BUILTIN_DATA and is_variable_length(str(data)):
+        kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed") if k in options}
+        return evaluate_file(model, str(data), split=split, per_sequence=per_sequence, per_step=per_step,
+                                    json_out=json_out, **kept)
+    if split is not None or per_sequence is not None or per_step:
+        raise ConfigError("--split, --per-sequence and --per-step apply to sequences of different lengths "
+                          "(a note-list .json, a .npz of several arrays or with lengths, a folder)")
     _check_writable(json_out, "--json")
     frame_size = parse_size(size)
     if isinstance(data, (str, os.PathLike)):

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from vrnnkit import api
+from vrnnkit.api._music import checkpoint_note_range
 from vrnnkit.cli.common import app, console, friendly_errors, note, say
 from vrnnkit.data.sources import BUILTIN_DATA
 
@@ -16,7 +17,9 @@ Opt = Optional  # typer reads the annotations at run time, where Python 3.10 has
 
 Ckpt = Annotated[Opt[Path], typer.Option(help="A .safetensors checkpoint or a run folder (default: the newest run in ./runs).", show_default=False)]
 Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same output.")]
-Mean = Annotated[bool, typer.Option("--mean/--random", help="Frames are the likelihood's mean, or draws from it.")]
+Mean = Annotated[Opt[bool], typer.Option("--mean/--random", show_default=False, help=(
+    "Frames are the likelihood's mean, or draws from it (default: the mean; draws for .mid)."))]
+Split = Annotated[Opt[str], typer.Option(help="The split of a note-list .json file (default: test).", show_default=False)]
 Flag = {"metavar": ""}  # a flag takes no value: show none
 Size = Annotated[Opt[str], typer.Option(metavar="SIZE|HxW", show_default=False, help=(
     "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging "
@@ -25,36 +28,52 @@ Grey = Annotated[bool, typer.Option("--grey", help="Convert colour frames to gre
 
 
 def _load(ckpt: Path | None) -> Any:
+    return _load_music(ckpt)[0]
+
+
+def _load_music(ckpt: Path | None) -> tuple[Any, Any]:
+    """The model and the note range its checkpoint records (None when it has none)."""
     model, path = api.load_model(ckpt)
     note(f"using {path}")
-    return model
+    return model, checkpoint_note_range(path)
 
 
 @app.command()
 @friendly_errors
 def sample(
     out: Annotated[Opt[Path], typer.Option("--out", "-o", show_default=False, help=(
-        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png); "
+        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png; piano-roll models also .mid, "
+        "one file per clip, and .png draws a piano roll); "
         "default samples.gif (vector models: samples.npy) in the current folder, replaced if it exists."))] = None,
     ckpt: Ckpt = None,
     num: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 8,
     steps: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 20,
     seed: Seed = 0,
-    mean: Mean = True,
+    mean: Mean = None,
 ) -> None:
     """Sample new clips from a trained model's prior, starting from h_0."""
-    model = _load(ckpt)
+    model, note_range = _load_music(ckpt)
     out = out or Path(api.DEFAULT_SAMPLES[model.config.is_image])
-    api.sample(model, num, steps, seed=seed, mean=mean, out=out)
-    say(f"wrote {out}: {num} clips of {steps} frames")
+    api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range)
+    say(f"wrote {_written(out, num)}: {num} clips of {steps} frames")
+
+
+def _written(out: Path, count: int) -> str:
+    """The file(s) a command wrote: MIDI goes one file per clip (piece-1.mid ...)."""
+    if out.suffix.lower() in (".mid", ".midi") and count > 1:
+        return f"{out.with_name(f'{out.stem}-1{out.suffix}')} .. {out.with_name(f'{out.stem}-{count}{out.suffix}')}"
+    return str(out)
 
 
 @app.command()
 @friendly_errors
 def predict(
-    input: Annotated[Path, typer.Argument(help="A video or sequence file: .npy, .npz, .gif, .mp4.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help=(
+        "A video or sequence file: .npy, .npz, .gif, .mp4; or sequences of different lengths: a note-list .json "
+        "(--split), a .npz of several arrays, a folder."), show_default=False)],
     out: Annotated[Opt[Path], typer.Option("--out", "-o", show_default=False, help=(
-        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png); default "
+        "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png; piano-roll models also .mid, "
+        "context then future, one file per sequence and sample, and .png draws a piano roll); default "
         "<INPUT stem>-predicted.gif (vector models: .npy) in the current folder, never INPUT itself."))] = None,
     ckpt: Ckpt = None,
     context: Annotated[int, typer.Option(min=1, help="Real frames the model sees before predicting.")] = 5,
@@ -67,13 +86,17 @@ def predict(
         "Match the model's frame shape: --size and --grey taken from the model, and a grey channel "
         "repeated for a colour model."), **Flag)] = False,
     json_out: Annotated[Opt[Path], typer.Option("--json", help="Also save the PSNR/SSIM figures here.", show_default=False)] = None,
+    split: Split = None,
     seed: Seed = 0,
-    mean: Mean = True,
+    mean: Mean = None,
 ) -> None:
     """Predict several futures of each sequence in INPUT from its first --context frames."""
-    result = api.predict_file(_load(ckpt), input, out, json_out=json_out, layout=layout, resize=resize, size=size,
-                              grey=grey, context=context, horizon=horizon, samples=samples, seed=seed, mean=mean)
-    say(f"wrote {result.path}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
+    model, note_range = _load_music(ckpt)
+    result = api.predict_file(model, input, out, json_out=json_out, layout=layout, resize=resize, size=size,
+                              grey=grey, context=context, horizon=horizon, samples=samples, seed=seed, mean=mean,
+                              split=split, note_range=note_range)
+    count = result.futures.shape[0] * result.futures.shape[1]
+    say(f"wrote {_written(result.path, count)}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
     if result.no_metrics:
         note(f"no PSNR/SSIM: {result.no_metrics}")
     if result.metrics is not None:
@@ -111,20 +134,46 @@ def evaluate_command(
     layout: Annotated[Opt[str], typer.Option(help="Layout of a data file (guessed by default).", show_default=False)] = None,
     size: Size = None,
     grey: Grey = False,
-    json_out: Annotated[Opt[Path], typer.Option("--json", help="Save the figures here (schema: vrnnkit.evaluation).", show_default=False)] = None,
+    json_out: Annotated[Opt[Path], typer.Option("--json", help="Save the figures here (schema: vrnnkit.evaluation; vrnnkit.sequence_eval for sequences of different lengths).", show_default=False)] = None,
+    split: Split = None,
+    per_sequence: Annotated[Opt[Path], typer.Option(help="Sequences of different lengths: write each sequence's ELBO and IWAE bound here (.csv or .json).", show_default=False)] = None,
+    per_step: Annotated[bool, typer.Option("--per-step", help="Add each time step's ELBO term to the --per-sequence file.", **Flag)] = False,
     seed: Seed = 0,
 ) -> None:
-    """Measure a model: ELBO, the importance-weighted bound, and video prediction (SRVP protocol)."""
+    """Measure a model: ELBO, the importance-weighted bound, and video prediction (SRVP protocol);
+    for sequences of different lengths (a note-list .json, ...), the bounds per time step."""
     report = api.evaluate(
         _load(ckpt), data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
         iwae_samples=iwae_samples, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
-        chunk_size=chunk_size, seed=seed,
+        chunk_size=chunk_size, seed=seed, split=split, per_sequence=per_sequence, per_step=per_step,
     )
-    if data in BUILTIN_DATA:
-        note(f"evaluated on {report['num_sequences']} held-out {data} sequences")
-    _print_report(report)
+    if "num_steps" in report:
+        _print_step_report(report, per_sequence)
+    else:
+        if data in BUILTIN_DATA:
+            note(f"evaluated on {report['num_sequences']} held-out {data} sequences")
+        _print_report(report)
     if json_out is not None:
         say(f"wrote {json_out}")
+
+
+def _print_step_report(report: dict[str, Any], per_sequence: Path | None) -> None:
+    likelihood = report["likelihood"]
+    iwae = likelihood["iwae"]
+    split = f" ({report['split']} split)" if report.get("split") else ""
+    table = Table(title=f"likelihood: {report['num_sequences']} sequences{split}, {report['num_steps']:,} time steps", show_header=False)
+    rows = [
+        ("ELBO (nats per time step)", f"{likelihood['elbo_per_step']:.4f}"),
+        (f"IWAE bound, K={iwae['K']} (nats per time step)", f"{iwae['bound_per_step']:.4f}"),
+        ("ELBO / IWAE (nats per sequence)", f"{likelihood['elbo']:.2f} / {iwae['bound']:.2f}"),
+        ("  NLL / KL (nats per sequence)", f"{likelihood['nll']:.2f} / {likelihood['kl']:.2f}"),
+        ("ELBO / IWAE (bits per dim)", f"{likelihood['bits_per_dim']:.5f} / {iwae['bits_per_dim']:.5f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    if per_sequence is not None:
+        say(f"wrote {per_sequence}")
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -33,7 +33,8 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("size", DATA, "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging when shrinking, bilinear when enlarging; at least 8.", {"metavar": "SIZE|HxW"}),
     ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
     ("num_sequences", DATA, "Generated datasets (bouncing-balls, moving-mnist): how many sequences.", {"min": 1}),
-    ("seq_len", DATA, "Frames per training window.", {"min": 1}),
+    ("seq_len", DATA, "Frames per training window; 0 or full: whole sequences (data of different lengths).", {"metavar": "N|full"}),
+    ("fps", DATA, "MIDI folders: time steps per second (default: one step per quarter note).", {"min": 0.0}),
     ("val_fraction", DATA, "Share of sequences held out for validation.", {"min": 0.0, "max": 0.99}),
     ("workers", DATA, "DataLoader worker processes.", {"min": 0}),
     ("encoder", MODEL, "Encoder block (auto: conv for images, mlp for vectors).", {}),
@@ -53,6 +54,11 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("epochs", OPTIMISATION, "Passes over the training windows, instead of --steps.", {"min": 1}),
     ("batch_size", OPTIMISATION, "Sequences per batch (per process with --nproc).", {"min": 1}),
     ("lr", OPTIMISATION, "Adam learning rate.", {"min": 0.0}),
+    ("weight_decay", OPTIMISATION, "AdamW's decoupled weight decay; 0 keeps plain Adam.", {"min": 0.0}),
+    ("lr_schedule", OPTIMISATION, "constant, or cosine: from --lr down to 5% of it at the last step.", {}),
+    ("dropout", OPTIMISATION, "Dropout in every mlp block and in the gru/lstm (a block's own dropout option wins).", {"min": 0.0, "max": 0.99}),
+    ("ema", OPTIMISATION, "Average the weights (exponential moving average with this decay, e.g. 0.999); validation, model.safetensors and best.safetensors use the average.", {"min": 0.0, "max": 0.9999999}),
+    ("output_bias", OPTIMISATION, "Bernoulli models with an mlp decoder: start the output bias at the logit of the training data's mean.", {}),
     ("clip", OPTIMISATION, "Gradient-norm clip, applied before the step; 0 disables.", {"min": 0.0}),
     ("kl_anneal", OPTIMISATION, "Raise the KL weight from 0 to 1 over this many steps; 0 turns it off.", {"min": 0}),
     ("free_bits", OPTIMISATION, "Floor, in nats, on each step's KL in the loss.", {"min": 0.0}),
@@ -71,7 +77,7 @@ RUN_OPTIONS: list[tuple[str, type, str, dict[str, Any]]] = [
     ("resume", Path, "Continue the run in this folder (e.g. runs/latest).", {}),
     ("config", Path, "A TOML file of any of these options (or a run folder's config.json); the command line overrides it.", {}),
 ]
-TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a union takes its first type
 BLOCK_OPTION_EXAMPLES = {"encoder": "channels=64", "decoder": "channels=64", "prior": "hidden=128",
                          "posterior": "layers=2", "rnn": "learn_initial_state=true", "likelihood": "std=0.1"}
 
@@ -84,13 +90,17 @@ def _parameters() -> list[inspect.Parameter]:
     def parameter(name: str, kind: type, info: Any) -> inspect.Parameter:
         return inspect.Parameter(name, keyword, default=None, annotation=Annotated[Optional[kind], info])  # noqa: UP045
 
-    data_help = "A .npy/.npz/.gif/.mp4 file, or bouncing-balls (default), moving-mnist, seq-mnist."
+    data_help = ("A .npy/.npz/.gif/.mp4 file; sequences of different lengths: a note-list .json (train split, "
+                 "valid for validation), a .npz of several arrays or with lengths, a folder of .npy/.mid files; "
+                 "or bouncing-balls (default), moving-mnist, seq-mnist.")
     params = [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
         Optional[str], typer.Argument(help=data_help, show_default=False)])]  # noqa: UP045
     for name, panel, text, extra in OPTIONS:
         kind = TYPES[types[name].split("|")[0].strip()]
         if kind is bool:  # a flag: no value to show, no default to print
-            info = typer.Option(f"--{name.replace('_', '-')}", help=text, show_default=False, metavar="", rich_help_panel=panel)
+            flag = name.replace("_", "-")
+            names = f"--{flag}/--no-{flag}" if defaults[name] else f"--{flag}"
+            info = typer.Option(names, help=text, show_default=False, metavar="", rich_help_panel=panel)
         else:
             shown = text if defaults[name] is None else f"{text.rstrip('.')} (default {defaults[name]})."
             info = typer.Option(help=shown, show_default=False, rich_help_panel=panel, **extra)
@@ -175,6 +185,8 @@ class _Reporter:
                 f"kl {record['kl']:.3f}  {record['sequences_per_s']:.0f} seq/s")
         if "val_loss" in record:
             line += f"  | val loss {record['val_loss']:.3f}  {record['val_bits_per_dim']:.4f} bits/dim"
+        if "val_elbo_per_step" in record:
+            line += f"  {record['val_elbo_per_step']:.3f} nats/step"
         self._print(line)
 
     def _print(self, line: str) -> None:
@@ -188,13 +200,16 @@ def _start_line(record: dict[str, Any]) -> str:
     world, batch = record["world_size"], record["batch_size"]
     per_step = f"{world} processes x {batch} sequences = {world * batch} per step" if world > 1 else f"batch {batch}"
     begin = f"from step {record['step']} " if record["step"] else ""
+    notes = "; padded batches of sequences of different lengths" if record.get("padded") else ""
+    if record.get("output_bias"):
+        notes += "; output bias started at the logit of the training data's mean (--no-output-bias to skip)"
     return (f"training on {record['device']}: {per_step}; {record['parameters']:,} parameters; "
-            f"{begin}to step {record['total']} -> {record['run_dir']}")
+            f"{begin}to step {record['total']} -> {record['run_dir']}{notes}")
 
 
 def _summary(result: Any, run_dir: Path) -> None:
     table = Table(title=f"vrnnkit train: {result.step} steps", show_header=False)
-    for key in ("loss", "nll", "kl", "bits_per_dim", "val_loss", "val_bits_per_dim", "sequences_per_s"):
+    for key in ("loss", "nll", "kl", "bits_per_dim", "val_loss", "val_bits_per_dim", "val_elbo_per_step", "sequences_per_s"):
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.4f}")
     table.add_row("run folder", str(run_dir))

@@ -38,6 +38,9 @@ MODEL_OPTIONS = {
     "skip_context": "skip_context", "skip_residual": "skip_residual",
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
+LR_SCHEDULES = ("constant", "cosine")
+DROPOUT_BLOCKS = ("mlp", "gru", "lstm")
+"""The blocks ``dropout`` (``--dropout``) applies to."""
 BLOCK_OPTIONS = "block_options"
 """The flat option holding each block's own options: ``{kind: {name: value}}``."""
 
@@ -57,15 +60,21 @@ class TrainConfig:
     size: str | int | list[int] | None = None  # HEIGHTxWIDTH ("64x48") or a square (64); kept as "HxW"
     grey: bool = False
     num_sequences: int = 2000  # generated datasets: how many sequences
+    fps: float | None = None  # MIDI folders: steps per second (default: one step per quarter note)
     model: VRNNConfig = field(default_factory=default_model)
     steps: int | None = None
     epochs: int | None = None
     batch_size: int = 16
     lr: float = 1e-3
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay (0: Adam)
+    lr_schedule: str = "constant"  # or "cosine": down to 5% of lr at the last step
+    dropout: float | None = None  # sets the dropout of every mlp block and of the gru/lstm
+    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights
+    output_bias: bool = True  # Bernoulli + mlp decoder: start the output bias at the data's rates
     clip: float = 10.0
     kl_anneal: int = 200
     free_bits: float = 0.0
-    seq_len: int = 10
+    seq_len: str | int = 10  # 0 or "full": whole sequences (data of different lengths)
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -79,7 +88,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, VRNNConfig):
             raise ConfigError(f"model must be a VRNNConfig, got {type(self.model).__name__}")
-        positive = ("num_sequences", "batch_size", "seq_len", "every")
+        self.seq_len = _seq_len(self.seq_len)
+        self._check_music_options()
+        positive = ("num_sequences", "batch_size", "every")
         bad = [f"{k}={getattr(self, k)!r}" for k in positive if not is_count(getattr(self, k))]
         bad += [f"{k}={getattr(self, k)!r}" for k in ("steps", "epochs") if getattr(self, k) is not None and not is_count(getattr(self, k))]
         bad += [f"{k}={getattr(self, k)!r}" for k in ("kl_anneal", "workers", "seed", "keep") if not is_count(getattr(self, k), 0)]
@@ -99,6 +110,30 @@ class TrainConfig:
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.size is not None:
             self.size = format_size(parse_size(self.size))
+
+    def _check_music_options(self) -> None:
+        for name, top in (("weight_decay", math.inf), ("ema", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < top:
+                raise ConfigError(f"{name} must be a number >= 0{' and < 1' if top == 1.0 else ''}, got {value!r}")
+        if self.dropout is not None and (isinstance(self.dropout, bool) or not 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.fps is not None and (isinstance(self.fps, bool) or not self.fps > 0):
+            raise ConfigError(f"fps must be a positive number, got {self.fps!r}")
+
+    def model_config(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
+        """The model for frames of ``frame_shape``, with ``dropout`` set on every mlp block and
+        on a gru/lstm recurrence whose own options do not set it."""
+        model = self.model.with_frame_shape(frame_shape)
+        if self.dropout is None:
+            return model
+        for kind in ("encoder", "decoder", "prior", "posterior", "rnn"):
+            options = getattr(model, f"{kind}_options")
+            if getattr(model, kind) in DROPOUT_BLOCKS and "dropout" not in options:
+                setattr(model, f"{kind}_options", {**options, "dropout": self.dropout})
+        return model
 
     @property
     def frame_size(self) -> tuple[int, int] | None:
@@ -151,6 +186,17 @@ class TrainConfig:
         blocks = {kind: dict(getattr(self.model, f"{kind}_options")) for kind in KINDS}
         data[BLOCK_OPTIONS] = {kind: options for kind, options in blocks.items() if options}
         return data
+
+
+def _seq_len(value: Any) -> int:
+    """``seq_len`` as a whole number: 0 (or "full") for whole sequences."""
+    if isinstance(value, str) and value.strip().lower() in ("full", "0"):
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if not is_count(value, 0):
+        raise ConfigError(f"seq_len must be a whole number of steps, or 0 or 'full' for whole sequences, got {value!r}")
+    return int(value)
 
 
 def _block_options(tables: Any) -> dict[str, dict[str, Any]]:

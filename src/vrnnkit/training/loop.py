@@ -10,9 +10,11 @@ same weights as one that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from vrnnkit.data.sources import build_dataset
-from vrnnkit.errors import ConfigError, TrainingError
+from vrnnkit.errors import TrainingError
+from vrnnkit.initialization import init_output_bias
 from vrnnkit.model import VRNN, VRNNOutput
+from vrnnkit.training.batching import (
+    TrainingData,
+    batches_per_epoch,
+    iterate_batches,
+    load_training_data,
+    to_device,
+    validation_batches,
+)
 from vrnnkit.training.config import DEFAULT_STEPS, TrainConfig
 from vrnnkit.training.distributed import (
     World,
@@ -82,10 +92,12 @@ def train_step(
     step: int,
     generator: torch.Generator | None = None,
     distributed: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> StepResult:
     """One optimizer step on ``batch`` (B, T, *frame), already on the model's device, as
     ``vrnnkit train`` takes it: KL annealing, autocast, backward through the grad scaler,
     gradient clipping, and the step only when the loss and the gradient norm are finite.
+    ``mask`` (B, T) marks the real steps of a padded batch; the loss counts only those.
 
     ``model`` may be wrapped in ``DistributedDataParallel`` (then pass ``distributed=True``):
     every rank must run backward, which holds the gradient all-reduce; the gradients are then
@@ -94,7 +106,7 @@ def train_step(
     dtype = AUTOCAST_DTYPES.get(config.precision)
     device_type = batch.device.type
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        output = model(batch, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator)
+        output = model(batch, mask=mask, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator)
     optimizer.zero_grad(set_to_none=True)
     finite = distributed or bool(torch.isfinite(output.loss))
     if finite:
@@ -138,16 +150,19 @@ def train(
     interrupted = False
     loop_start = time.perf_counter()
     with _InterruptFlag() as stop:
-        for epoch, batch in _batches(run.training, config, world, run.step, run.per_epoch, run.total):
+        for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
+            frames, mask = to_device(batch, run.device)
+            run.set_lr()
             result = train_step(
-                run.trained, batch.to(run.device, non_blocking=True), run.optimizer, run.scaler, config,
-                step=run.step, generator=run.noise, distributed=world.distributed,
+                run.trained, frames, run.optimizer, run.scaler, config,
+                step=run.step, generator=run.noise, distributed=world.distributed, mask=mask,
             )
             if not result.finite and not config.skip_nonfinite:
                 raise run.non_finite()
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)  # so the model time below is the GPU's too
+            run.update_average()
             run.timings["model"] += time.perf_counter() - model_start
             run.step += 1
             if on_step:
@@ -158,9 +173,10 @@ def train(
                 interrupted = True
                 break
     run.timings["loop"] = time.perf_counter() - loop_start
-    if run.folder is not None and not interrupted and run.model.config.is_image:
-        run.folder.write_samples(run.model, run.step)
-    return TrainResult(run.run_dir, run.step, interrupted, run.metrics, run.timings, model=run.model, world_size=world.size)
+    published = run.average or run.model
+    if run.folder is not None and not interrupted and published.config.is_image:
+        run.folder.write_samples(published, run.step)
+    return TrainResult(run.run_dir, run.step, interrupted, run.metrics, run.timings, model=published, world_size=world.size)
 
 
 class _Run:
@@ -174,19 +190,17 @@ class _Run:
         self.config, self.run_dir, self.world, self.on_log = config, run_dir, world, on_log
         self.device = resolve_device(config.device, world)
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        self.training, self.validation, frame_shape = build_dataset(
-            config.data, count=config.num_sequences, seq_len=config.seq_len, seed=config.seed,
-            val_fraction=config.val_fraction, mnist_dir=config.mnist_dir, layout=config.layout,
-            unit_interval=config.model.likelihood_support == "unit-interval", size=config.frame_size, grey=config.grey,
-        )  # before the run folder exists
-        self.model = VRNN(config.model.with_frame_shape(frame_shape)).to(self.device)
+        self.data = load_training_data(config)  # before the run folder exists
+        self.training, self.validation = self.data.training, self.data.validation
+        self.model = VRNN(config.model_config(self.data.frame_shape)).to(self.device)
+        self.output_bias = not resume and _init_bias(self.model, self.data, config)
         if config.compile:
             self.model.compile_blocks()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = _optimizer(self.model, config)
         self.noise = torch.Generator(device="cpu").manual_seed(noise_seed(config.seed, world.rank))
-        self.per_epoch = self._batches_per_epoch()
+        self.per_epoch = batches_per_epoch(self.data, config, world)
         self.total = config.steps or (config.epochs * self.per_epoch if config.epochs else DEFAULT_STEPS)
-        self.folder = RunFolder(run_dir, config, world) if world.is_main else None
+        self.folder = RunFolder(run_dir, config, world, note_range=self.data.note_range) if world.is_main else None
         self.step = 0
         if resume:
             self.step, best = load_state(run_dir, self.model, self.optimizer, self.noise, self.device, world, config.seed)
@@ -196,10 +210,13 @@ class _Run:
             self.folder.start()
         if self.folder is not None:
             self.folder.write_config(self.model.config)
+        # The averaged weights (--ema) start from the trained ones, also on resuming.
+        self.average = copy.deepcopy(self.model) if config.ema > 0 else None
         self._log({
             "event": "start", "step": self.step, "total": self.total, "device": str(self.device), "world_size": world.size,
             "batch_size": config.batch_size, "effective_batch_size": config.batch_size * world.size,
-            "parameters": self.model.num_parameters(), "run_dir": str(run_dir),
+            "parameters": self.model.num_parameters(), "run_dir": str(run_dir), "output_bias": self.output_bias,
+            "padded": self.data.padded,
         })
         self.trained: nn.Module = self.model
         if world.distributed:
@@ -210,15 +227,21 @@ class _Run:
         self.timings = {"loop": 0.0, "model": 0.0, "periodic": 0.0}
         self.window_start, self.window_steps, self.last_live = time.perf_counter(), 0, time.perf_counter()
 
-    def _batches_per_epoch(self) -> int:
-        size, count = self.world.size, len(self.training)
-        per_epoch = count // size // self.config.batch_size
-        if per_epoch == 0:
-            share = f" (of which each of the {size} processes gets {count // size})" if self.world.distributed else ""
-            raise ConfigError(
-                f"batch size {self.config.batch_size} is larger than the {count} training windows{share}; lower --batch-size"
-            )
-        return per_epoch
+    def set_lr(self) -> None:
+        """The learning rate of this step: constant, or a cosine from ``lr`` down to 5% of it."""
+        if self.config.lr_schedule == "cosine":
+            progress = min(1.0, self.step / max(1, self.total - 1))
+            rate = self.config.lr * (0.05 + 0.475 * (1.0 + math.cos(math.pi * progress)))
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+
+    def update_average(self) -> None:
+        """Move the averaged weights (``ema``) towards the trained ones."""
+        if self.average is None:
+            return
+        with torch.no_grad():
+            for averaged, current in zip(self.average.parameters(), self.model.parameters(), strict=True):
+                averaged.lerp_(current, 1.0 - self.config.ema)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.on_log:
@@ -256,10 +279,11 @@ class _Run:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "sequences_per_s": self.window_steps * config.batch_size * self.world.size / max(elapsed, 1e-9),
             }
+            published = self.average or self.model
             if self.validation is not None and len(self.validation) > 0:
-                self.metrics.update(evaluate_loss(self.model, self.validation, config, self.device))
+                self.metrics.update(evaluate_loss(published, self.validation, config, self.device, padded=self.data.padded))
             try:
-                self.folder.save(self.model, self.optimizer, states, self.step, epoch, self.metrics)
+                self.folder.save(self.model, self.optimizer, states, self.step, epoch, self.metrics, published=published)
             except TrainingError as error:
                 failure = error
             if failure is None:
@@ -270,46 +294,51 @@ class _Run:
         self.window_start, self.window_steps = time.perf_counter(), 0
 
 
-def _batches(
-    training: Dataset, config: TrainConfig, world: World, step: int, per_epoch: int, total: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(epoch, batch) from global step ``step`` up to ``total``, in the seed's order.
-
-    Each epoch is one permutation drawn from (seed, epoch) by a ``DistributedSampler``, whose
-    ``set_epoch`` is called at every epoch; each process takes its own share of it (all of it
-    when there is one process). A resumed run skips the batches it has already trained on."""
-    sampler = DistributedSampler(
-        training, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed, drop_last=True
-    )
-    while step < total:
-        epoch, offset = divmod(step, per_epoch)
-        sampler.set_epoch(epoch)
-        indices = list(sampler)
-        size = config.batch_size
-        batches = [indices[i : i + size] for i in range(0, per_epoch * size, size)][offset:]
-        batches = batches[: total - step]
-        loader = DataLoader(training, batch_sampler=batches, num_workers=config.workers, persistent_workers=False)
-        for batch in loader:
-            yield epoch, batch
-            step += 1
-
-
 @torch.no_grad()
-def evaluate_loss(model: VRNN, dataset: Dataset, config: TrainConfig, device: torch.device, max_batches: int = 8) -> dict[str, float]:
-    """Validation ELBO figures over up to ``max_batches`` batches, with fixed noise."""
+def evaluate_loss(
+    model: VRNN, dataset: Dataset, config: TrainConfig, device: torch.device, max_batches: int = 8, *, padded: bool = False,
+) -> dict[str, float]:
+    """Validation ELBO figures, in eval mode (no dropout) with fixed noise: over up to
+    ``max_batches`` batches, or over every item of ``padded`` data (sequences of different
+    lengths), which also gives ``val_elbo_per_step``, nats per real time step."""
     generator = torch.Generator().manual_seed(config.seed + 2)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False)
     totals = {"val_loss": 0.0, "val_nll": 0.0, "val_kl": 0.0, "val_bits_per_dim": 0.0}
-    count = 0
-    for i, batch in enumerate(loader):
-        if i == max_batches:
-            break
-        out = model(batch.to(device), generator=generator)
-        n = batch.shape[0]
-        for key, value in (("val_loss", out.nll + out.kl), ("val_nll", out.nll), ("val_kl", out.kl), ("val_bits_per_dim", out.bits_per_dim)):
-            totals[key] += value.item() * n
-        count += n
-    return {key: value / max(count, 1) for key, value in totals.items()}
+    count, elbo, steps = 0, 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in validation_batches(dataset, config.batch_size, padded, max_batches):
+            x, mask = to_device(batch, device)
+            out = model(x, mask=mask, generator=generator)
+            n = x.shape[0]
+            for key, value in (("val_loss", out.nll + out.kl), ("val_nll", out.nll), ("val_kl", out.kl), ("val_bits_per_dim", out.bits_per_dim)):
+                totals[key] += value.item() * n
+            count += n
+            elbo += float(out.elbo.double().sum())
+            steps += float(mask.sum()) if mask is not None else x.shape[0] * x.shape[1]
+    finally:
+        model.train(was_training)
+    figures = {key: value / max(count, 1) for key, value in totals.items()}
+    if padded:
+        figures["val_elbo_per_step"] = elbo / max(steps, 1.0)
+    return figures
+
+
+def _optimizer(model: VRNN, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW with ``weight_decay`` > 0."""
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def _init_bias(model: VRNN, data: TrainingData, config: TrainConfig) -> bool:
+    """Start a Bernoulli model's mlp-decoder output bias at the logit of the training data's
+    mean (``output_bias``); whether it was set."""
+    c = model.config
+    if not config.output_bias or c.likelihood != "bernoulli" or c.decoder != "mlp":
+        return False
+    init_output_bias(model, data.bias_sequences())
+    return True
 
 
 class _InterruptFlag:

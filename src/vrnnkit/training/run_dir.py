@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from vrnnkit._atomic import atomic_path, write_json
 from vrnnkit.checkpoint import save
 from vrnnkit.config import VRNNConfig
+from vrnnkit.data.music import NoteRange
 from vrnnkit.errors import CheckpointError, ConfigError, TrainingError
 from vrnnkit.model import VRNN
 from vrnnkit.training.config import TrainConfig
@@ -36,13 +37,16 @@ from vrnnkit.training.distributed import World, noise_seed
 
 TRAINER_FORMAT = "vrnnkit-trainer"
 TRAINER_FORMAT_VERSION = "2"
+NOTE_RANGE_KEY = "note_range"
+"""The checkpoint header entry of a piano-roll model's notes: JSON {"low": 21, "high": 108}."""
 
 
 class RunFolder:
     """Rank 0's writes to the run folder."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, world: World) -> None:
+    def __init__(self, run_dir: Path, config: TrainConfig, world: World, *, note_range: NoteRange | None = None) -> None:
         self.run_dir = run_dir
+        self.note_range = note_range
         self.config = config
         self.world = world
         self.saved_step = 0
@@ -87,9 +91,13 @@ class RunFolder:
 
     def save(
         self, model: VRNN, optimizer: torch.optim.Optimizer, noise_states: list[torch.Tensor],
-        step: int, epoch: int, metrics: dict[str, float],
+        step: int, epoch: int, metrics: dict[str, float], *, published: VRNN | None = None,
     ) -> None:
-        for parameter in model.parameters():
+        """Save the trainer state of ``model`` and, as model.safetensors (and best.safetensors
+        on a new best validation loss), ``published`` (the averaged weights of ``--ema``),
+        by default ``model``."""
+        published = published or model
+        for parameter in [*model.parameters(), *published.parameters()]:
             if not torch.isfinite(parameter).all():
                 raise TrainingError(f"the weights hold NaN or inf at step {step}; nothing was saved, the last checkpoint is intact")
         val_loss = metrics.get("val_loss")
@@ -102,7 +110,9 @@ class RunFolder:
             header = {"step": str(step), "train_config": json.dumps(self.config.to_dict())}
             if val_loss is not None:
                 header["val_loss"] = repr(val_loss)
-            latest = save(model, self.run_dir / "model.safetensors", metadata=header)
+            if self.note_range is not None:
+                header[NOTE_RANGE_KEY] = json.dumps(self.note_range.to_dict())
+            latest = save(published, self.run_dir / "model.safetensors", metadata=header)
             if self.config.keep > 0:
                 self._keep(latest, step)
             if val_loss is not None and val_loss == best and best < self.best:

@@ -1,0 +1,148 @@
+"""What a run trains on: its data sets and the order of their batches.
+
+Equal-length data (generated data sets, video and array files) train on windows of
+``seq_len`` frames in plain batches. Sequences of different lengths (a note-list JSON file, a
+``.npz`` of several arrays or with ``lengths``, a folder of ``.npy`` / ``.mid`` files) train on
+padded batches with a mask, ``(x, mask)``, whole (``seq_len`` 0) or cut into windows of at
+most ``seq_len`` steps, items of similar length batched together so that little of a batch is
+padding; every loss and figure counts only real steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from vrnnkit.data.music import NoteRange
+from vrnnkit.data.sources import build_dataset
+from vrnnkit.data.varlen import LengthBucketSampler, pad_collate
+from vrnnkit.data.varlen_source import is_variable_length, open_variable_length
+from vrnnkit.errors import ConfigError
+from vrnnkit.training.config import TrainConfig
+from vrnnkit.training.distributed import World
+
+Batch = Tensor | tuple[Tensor, Tensor]
+"""A batch: frames (B, T, *frame), or padded frames and their mask (B, T)."""
+BIAS_ITEMS = 512
+"""Equal-length data: the output bias starts at the mean of the first this many windows."""
+
+
+@dataclass
+class TrainingData:
+    """The training and validation items of a run, and what the model needs to know of them."""
+
+    training: Dataset
+    validation: Dataset | None
+    frame_shape: tuple[int, ...]
+    padded: bool = False
+    """Items of different lengths, batched with a mask."""
+    note_range: NoteRange | None = None
+    """The notes of a piano roll's dimensions (note-list JSON and MIDI data)."""
+
+    def bias_sequences(self) -> list[np.ndarray]:
+        """Training sequences (or windows) for the data-dependent output bias."""
+        data = self.training
+        count = len(data) if self.padded else min(len(data), BIAS_ITEMS)  # type: ignore[arg-type]
+        return [np.asarray(data[i]) for i in range(count)]
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    """The data ``config`` names, opened and split (frame checks before the run folder exists)."""
+    if config.data not in ("bouncing-balls", "moving-mnist", "seq-mnist") and is_variable_length(config.data):
+        data = open_variable_length(config.data, seq_len=config.seq_len, val_fraction=config.val_fraction,
+                                    seed=config.seed, fps=config.fps)
+        if config.model.likelihood_support == "unit-interval":
+            bad = next((i for i, s in enumerate(data.sequences) if s.min() < 0 or s.max() > 1), None)
+            if bad is not None:
+                raise ConfigError(f"{config.data}: sequence {bad} has values outside [0, 1], which the "
+                                  f"{config.model.likelihood} likelihood needs; choose --likelihood gaussian")
+        return TrainingData(data.train, data.valid, data.frame_shape, padded=True, note_range=data.note_range)
+    if config.seq_len == 0:
+        raise ConfigError("--seq-len 0 (whole sequences) applies to sequences of different lengths "
+                          "(a note-list .json, a .npz of several arrays, a folder); give a window length")
+    training, validation, frame_shape = build_dataset(
+        config.data, count=config.num_sequences, seq_len=config.seq_len, seed=config.seed,
+        val_fraction=config.val_fraction, mnist_dir=config.mnist_dir, layout=config.layout,
+        unit_interval=config.model.likelihood_support == "unit-interval", size=config.frame_size, grey=config.grey,
+    )
+    return TrainingData(training, validation, frame_shape)
+
+
+def batches_per_epoch(data: TrainingData, config: TrainConfig, world: World) -> int:
+    """Optimizer steps in an epoch (each process's share)."""
+    size, count = world.size, len(data.training)  # type: ignore[arg-type]
+    if data.padded:
+        per_epoch = len(LengthBucketSampler(_lengths(data.training), config.batch_size)) // size
+    else:
+        per_epoch = count // size // config.batch_size
+    if per_epoch == 0:
+        share = f" (of which each of the {size} processes gets {count // size})" if world.distributed else ""
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the {count} training windows{share}; lower --batch-size"
+        )
+    return per_epoch
+
+
+def epoch_batches(data: TrainingData, config: TrainConfig, world: World, epoch: int, per_epoch: int) -> list[list[int]]:
+    """The item indices of each of this process's batches in ``epoch``, from (seed, epoch)."""
+    if data.padded:
+        sampler = LengthBucketSampler(_lengths(data.training), config.batch_size, seed=np.random.SeedSequence([config.seed, epoch]))
+        batches = list(sampler)
+        return batches[world.rank : per_epoch * world.size : world.size]
+    sampler = DistributedSampler(
+        data.training, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    size = config.batch_size
+    return [indices[i : i + size] for i in range(0, per_epoch * size, size)]
+
+
+def iterate_batches(
+    data: TrainingData, config: TrainConfig, world: World, step: int, per_epoch: int, total: int
+) -> Iterator[tuple[int, Batch]]:
+    """(epoch, batch) from global step ``step`` up to ``total``, in the seed's order.
+
+    Each epoch's order comes from (seed, epoch) alone, each process taking its own share, so a
+    resumed run skips exactly the batches it has already trained on."""
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        batches = epoch_batches(data, config, world, epoch, per_epoch)[offset:][: total - step]
+        collate = pad_collate if data.padded else None
+        loader = DataLoader(data.training, batch_sampler=batches, num_workers=config.workers,
+                            persistent_workers=False, collate_fn=collate)
+        for batch in loader:
+            yield epoch, batch
+            step += 1
+
+
+def validation_batches(data: Dataset, batch_size: int, padded: bool, max_batches: int) -> Iterator[Batch]:
+    """Validation batches: every item, sorted by length, for padded data; otherwise the first
+    ``max_batches`` batches."""
+    if not padded:
+        for index, batch in enumerate(DataLoader(data, batch_size=batch_size, shuffle=False)):
+            if index == max_batches:
+                return
+            yield batch
+        return
+    order = np.argsort(_lengths(data), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield pad_collate([data[int(i)] for i in order[start : start + batch_size]])
+
+
+def to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """A batch on ``device`` as (frames, mask or None)."""
+    if isinstance(batch, (tuple, list)):
+        x, mask = batch
+        return x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    return batch.to(device, non_blocking=True), None
+
+
+def _lengths(dataset: Any) -> list[int]:
+    return list(dataset.lengths)
