@@ -49,7 +49,8 @@ def evaluate_variable_length(
     chunk_size: int | None = None, seed: int = 0, per_step: bool = False,
 ) -> dict[str, Any]:
     """The ELBO and the IWAE bound (``iwae_samples`` = K) of ``sequences`` (the schema above);
-    ``per_step`` adds each step's ELBO term, ``log p(x_t | ...) - KL_t``, to every sequence."""
+    ``per_step`` adds each step's ELBO term, ``log p(x_t | ...) - KL_t``, to every sequence
+    (from a pass over each sequence alone, whose sum is then that sequence's ELBO)."""
     check_counts(iwae_samples=iwae_samples, batch_size=batch_size)
     frame_shape = tuple(model.config.frame_shape)
     items = [_item(s, i, frame_shape) for i, s in enumerate(sequences)]
@@ -77,6 +78,8 @@ def evaluate_variable_length(
             nll, kl = nll + float(out.nll) * len(rows), kl + float(out.kl) * len(rows)
             iwae[rows] = model.log_likelihood(x, iwae_samples, mask=mask, chunk_size=chunk_size, generator=iwae_gen).double().cpu().numpy()
         steps_of = [_step_elbo(model, s.to(parameter.device, parameter.dtype), step_gen) for s in items] if per_step else None
+        if steps_of is not None:  # one pass per sequence: its ELBO is the sum of its step terms
+            elbo = np.array([sum(values) for values in steps_of])
     finally:
         model.train(was_training)
     return _report(frame_shape, lengths, elbo, nll, kl, iwae, iwae_samples, seed, steps_of)

@@ -40,9 +40,20 @@ def is_variable_length(data: str) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = [name for name in archive.namelist() if name.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile):
+            if "lengths.npy" in names:
+                return True
+            return len(names) > 1 and all(_ndim(archive, name) in (1, 2) for name in names)
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False  # the equal-length reader gives the message
-    return len(names) > 1 or "lengths.npy" in names
+
+
+def _ndim(archive: zipfile.ZipFile, name: str) -> int:
+    """The number of axes of a member of a .npz, from its header alone."""
+    with archive.open(name) as member:
+        major, _ = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(member)
+    return len(shape)
 
 
 def note_range_of(path: Path, fps: float | None = None) -> NoteRange | None:
