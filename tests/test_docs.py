@@ -227,7 +227,8 @@ def test_every_example_config_is_a_valid_training_config():
     for path in paths:
         TrainConfig.from_dict(read_toml(path))
         header = path.read_text()
-        assert "2-core CPU" in header, f"{path.name}: the header says where its time was measured"
+        measured = "2-core CPU" in header or "Unmeasured:" in header
+        assert measured, f"{path.name}: the header says where its time was measured (or that it was not)"
 
 
 def test_relative_links_in_the_docs_point_at_files():
