@@ -8,6 +8,11 @@ shuffled (``--pool-batches 1``) or bucketed by length (the default). Each padded
 steps, on the same model (MLP/GRU VRNN, 88-dim Bernoulli). The target is a ratio of at most 1.3.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_varlen.py --h-dim 128 --batch-size 16
+
+``--through-train`` times ``vrnnkit.api.train`` itself instead (its batching, masks and
+``train_step``): whole epochs of JSB train (``--seq-len 0``, bucketed; 13,807 real steps an
+epoch) against an equal-length ``.npy`` of 229 sequences of 60 steps (the mean length) in
+windows of 60, real steps per second of the training loop without validation and saving.
 """
 
 from __future__ import annotations
@@ -47,8 +52,13 @@ def main() -> None:
     parser.add_argument("--pool-batches", type=int, default=50, help="1: no length bucketing")
     parser.add_argument("--batches", type=int, default=15, help="batches timed (after 2 warm-up pairs)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--through-train", action="store_true", help="time vrnnkit.api.train on both kinds of data")
+    parser.add_argument("--epochs", type=int, default=8, help="--through-train: epochs of each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.through_train:
+        _through_train(args)
+        return
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     dataset = VariableLengthDataset(_sequences(rng))
@@ -83,6 +93,34 @@ def main() -> None:
     print(f"padding: {1 - real_steps / padded_steps:.1%} of the padded batches' steps")
     print(f"variable length: {variable_rate:,.0f} real steps/s; equal length: {equal_rate:,.0f} steps/s")
     print(f"cost ratio (equal / variable steps/s): {equal_rate / variable_rate:.2f}x (target <= 1.3x)")
+
+
+def _through_train(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from vrnnkit import api
+
+    if not JSB.exists():
+        raise SystemExit(f"{JSB} is missing")
+    rng = np.random.default_rng(0)
+    common = {"h_dim": args.h_dim, "z_dim": args.z_dim, "batch_size": args.batch_size, "keep": 0, "val_fraction": 0.0}
+    with tempfile.TemporaryDirectory() as folder:
+        equal = Path(folder) / "equal.npy"
+        np.save(equal, (rng.random((229, 60, 88)) < 0.05).astype(np.float32))
+        per_epoch = -(-229 // args.batch_size)  # bucketed batches of JSB train, the last one short
+        steps = per_epoch * args.epochs
+        varlen = api.train(str(JSB), out=Path(folder) / "v", steps=steps, every=steps, seq_len=0, **common)
+        real_varlen = 13807 * args.epochs
+        steps_eq = (229 // args.batch_size) * args.epochs
+        fixed = api.train(str(equal), out=Path(folder) / "e", steps=steps_eq, every=steps_eq, seq_len=60, layout="NTD", **common)
+        real_fixed = steps_eq * args.batch_size * 60
+    rates = []
+    for name, result, real in (("variable length (JSB train, bucketed)", varlen, real_varlen), ("equal length (60 steps)", fixed, real_fixed)):
+        seconds = result.timings["loop"] - result.timings["periodic"]
+        rates.append(real / seconds)
+        print(f"{name}: {result.step} optimizer steps, {real:,} real steps in {seconds:.1f} s = {rates[-1]:,.0f} real steps/s")
+    print(f"through vrnnkit.api.train, {args.threads} thread(s), h {args.h_dim} z {args.z_dim}, batch {args.batch_size}: "
+          f"cost ratio (equal / variable real steps/s) {rates[1] / rates[0]:.2f}x (target <= 1.3x)")
 
 
 if __name__ == "__main__":

@@ -180,3 +180,36 @@ def test_bad_music_input_fails_cleanly_and_writes_nothing(tmp_path, music, args,
     for message in messages:
         assert message in result.output, result.output
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_dropout_reaches_every_mlp_block_and_the_recurrence_unless_a_block_sets_its_own():
+    from vrnnkit.training import TrainConfig
+
+    config = TrainConfig.from_dict({"dropout": 0.2, "block_options": {"decoder": {"dropout": 0.05}}, "seq_len": "full"})
+    assert config.seq_len == 0
+    model = config.model_config((88,))
+    assert [model.encoder_options["dropout"], model.prior_options["dropout"], model.posterior_options["dropout"],
+            model.rnn_options["dropout"], model.decoder_options["dropout"]] == [0.2, 0.2, 0.2, 0.2, 0.05]
+    assert "dropout" not in config.model.encoder_options  # the training config itself is unchanged
+    assert TrainConfig().model_config((88,)).encoder_options == {}
+
+
+def test_weight_decay_cosine_schedule_and_weight_averaging_train_and_save(tmp_path, music):
+    import torch
+
+    import vrnnkit
+    from vrnnkit.checkpoint import load
+
+    data, _ = music
+    result = vrnnkit.train(data=str(data), out=tmp_path / "run", steps=6, every=3, h_dim=8, z_dim=4, batch_size=2,
+                           seq_len=0, weight_decay=0.01, lr_schedule="cosine", ema=0.9, dropout=0.1)
+    assert result.metrics["lr"] == pytest.approx(1e-3 * 0.05)
+    assert "val_elbo_per_step" in result.metrics
+    saved = load(tmp_path / "run" / "model.safetensors")
+    # model.safetensors holds the averaged weights, which train() also returns
+    for name, value in saved.state_dict().items():
+        assert torch.equal(value, result.model.state_dict()[name])
+    assert saved.config.rnn_options["dropout"] == 0.1

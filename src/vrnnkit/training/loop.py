@@ -212,6 +212,7 @@ class _Run:
             self.folder.write_config(self.model.config)
         # The averaged weights (--ema) start from the trained ones, also on resuming.
         self.average = copy.deepcopy(self.model) if config.ema > 0 else None
+        self.averaged_steps = 0
         self._log({
             "event": "start", "step": self.step, "total": self.total, "device": str(self.device), "world_size": world.size,
             "batch_size": config.batch_size, "effective_batch_size": config.batch_size * world.size,
@@ -236,12 +237,16 @@ class _Run:
                 group["lr"] = rate
 
     def update_average(self) -> None:
-        """Move the averaged weights (``ema``) towards the trained ones."""
+        """Move the averaged weights (``ema``) towards the trained ones; the decay warms up as
+        ``(1 + n) / (10 + n)`` over the n steps averaged so far, so early averages do not
+        linger on the initial weights."""
         if self.average is None:
             return
+        self.averaged_steps += 1
+        decay = min(self.config.ema, (1 + self.averaged_steps) / (10 + self.averaged_steps))
         with torch.no_grad():
             for averaged, current in zip(self.average.parameters(), self.model.parameters(), strict=True):
-                averaged.lerp_(current, 1.0 - self.config.ema)
+                averaged.lerp_(current, 1.0 - decay)
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.on_log:
