@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vrnnkit.data.music import NoteRange
-from vrnnkit.data.sources import build_dataset
+from vrnnkit.data.sources import BUILTIN_DATA, build_dataset
 from vrnnkit.data.varlen import LengthBucketSampler, pad_collate
 from vrnnkit.data.varlen_source import is_variable_length, open_variable_length
 from vrnnkit.errors import ConfigError
@@ -54,7 +54,7 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig) -> TrainingData:
     """The data ``config`` names, opened and split (frame checks before the run folder exists)."""
-    if config.data not in ("bouncing-balls", "moving-mnist", "seq-mnist") and is_variable_length(config.data):
+    if config.data not in BUILTIN_DATA and is_variable_length(config.data):
         data = open_variable_length(config.data, seq_len=config.seq_len, val_fraction=config.val_fraction,
                                     seed=config.seed, fps=config.fps)
         if config.model.likelihood_support == "unit-interval":
