@@ -22,7 +22,7 @@ import numpy as np
 
 from vrnnkit.data.datasets import train_val_split
 from vrnnkit.data.music import PIANO_KEYS, NoteRange
-from vrnnkit.data.varlen import VariableLengthDataset, load_variable_length
+from vrnnkit.data.varlen import FOLDER_SUFFIXES, VariableLengthDataset, load_variable_length
 from vrnnkit.errors import DataError
 
 DEFAULT_SPLIT = "test"
@@ -33,7 +33,9 @@ def is_variable_length(data: str) -> bool:
     """Whether ``data`` names sequences of their own lengths: a ``.json`` note-list file, a
     folder, or a ``.npz`` holding ``lengths`` or several arrays."""
     path = Path(data)
-    if path.suffix.lower() == ".json" or path.is_dir():
+    if path.is_dir():  # a folder of sequence files (an empty one gets the equal-length reader's message)
+        return any(f.suffix.lower() in FOLDER_SUFFIXES for f in path.iterdir())
+    if path.suffix.lower() == ".json":
         return True
     if path.suffix.lower() != ".npz" or not path.is_file():
         return False
