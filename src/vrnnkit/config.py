@@ -11,6 +11,7 @@ import vrnnkit.blocks  # noqa: F401  (registers the built-in blocks before names
 from vrnnkit._checks import is_count
 from vrnnkit.errors import ConfigError
 from vrnnkit.registry import build, get_builder, is_registered, list_blocks
+from vrnnkit.skips import missing_maps
 
 _BLOCK_FIELDS = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
 _SIZE_FIELDS = ("z_dim", "h_dim", "feature_dim", "latent_feature_dim", "rnn_layers")
@@ -89,10 +90,7 @@ class VRNNConfig:
             if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
                 raise ConfigError(f"{kind}_options must be a mapping of option names to values, got {options!r}")
         if _block_flag("decoder", self.decoder, "uses_skips") and _block_flag("encoder", self.encoder, "provides_skips") is False:
-            raise ConfigError(
-                f"decoder {self.decoder!r} needs the feature maps of a skip encoder, but encoder "
-                f"{self.encoder!r} gives none; use an encoder that provides them (e.g. 'conv-skip')"
-            )
+            raise missing_maps(self.decoder, self.encoder)
 
     @property
     def is_image(self) -> bool:

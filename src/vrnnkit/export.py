@@ -46,19 +46,15 @@ class ExportError(RunError):
 def state_size(model: VRNN) -> int:
     """Width of the exported graphs' ``state``: the recurrent state, then, for a skip decoder,
     the flattened skip reference (the frame and its feature maps, see ``vrnnkit.skips``)."""
-    return model.rnn.state_size + sum(math.prod(shape) for shape in _reference_shapes(model))
-
-
-def _reference_shapes(model: VRNN) -> list[tuple[int, ...]]:
-    return model._reference_shapes() if model.uses_skips else []
+    return model.rnn.state_size + sum(math.prod(shape) for shape in model.reference_shapes())
 
 
 def _unpack(model: VRNN, state: Tensor) -> tuple[Tensor, list[Tensor] | None]:
-    sizes = [model.rnn.state_size] + [math.prod(s) for s in _reference_shapes(model)]
+    sizes = [model.rnn.state_size] + [math.prod(s) for s in model.reference_shapes()]
     rnn_state, *flat = state.split(sizes, dim=1)
     if not model.uses_skips:
         return rnn_state, None
-    return rnn_state, [f.reshape(-1, *s) for f, s in zip(flat, _reference_shapes(model), strict=True)]
+    return rnn_state, [f.reshape(-1, *s) for f, s in zip(flat, model.reference_shapes(), strict=True)]
 
 
 def _pack(rnn_state: Tensor, reference: list[Tensor] | None) -> Tensor:

@@ -308,7 +308,7 @@ class VRNN(nn.Module):
         prior_mean, prior_std = self.prior(h)
         f = self.phi_z(torch.addcmul(prior_mean, prior_std, noise))
         if self.uses_skips and reference is None:
-            reference = skips.zeros(self._reference_shapes(), state.shape[0], state)
+            reference = skips.zeros(self.reference_shapes(), state.shape[0], state)
         params = self._decode(f, h, reference)
         frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
         features, new_reference = self._encode_frame(frame)
@@ -377,8 +377,9 @@ class VRNN(nn.Module):
         """Each step's skip reference, from the references of every frame (``_encode``)."""
         return None if maps is None else skips.gather(maps, steps, self.config.skip_context)
 
-    def _reference_shapes(self) -> list[tuple[int, ...]]:
-        return [self.config.frame_shape, *self.encoder.skip_shapes]
+    def reference_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of a skip reference, the frame then each feature map (none without skips)."""
+        return [self.config.frame_shape, *self.encoder.skip_shapes] if self.uses_skips else []
 
     def _frame_chunk(self, frames: Tensor) -> int:
         """How many frames the batched encoder and decoder take at once. On the CPU, chunks of

@@ -31,11 +31,16 @@ def skip_arguments(encoder: nn.Module, decoder_builder: object, encoder_name: st
     if not getattr(decoder_builder, "uses_skips", False):
         return {}
     if not getattr(encoder, "provides_skips", False):
-        raise ConfigError(
-            f"decoder {decoder_name!r} needs the feature maps of a skip encoder, but encoder "
-            f"{encoder_name!r} gives none; use an encoder that provides them (e.g. 'conv-skip')"
-        )
+        raise missing_maps(decoder_name, encoder_name)
     return {"skip_shapes": [tuple(s) for s in encoder.skip_shapes]}
+
+
+def missing_maps(decoder_name: str, encoder_name: str) -> ConfigError:
+    """The error for a skip decoder paired with an encoder that gives no feature maps."""
+    return ConfigError(
+        f"decoder {decoder_name!r} needs the feature maps of a skip encoder, but encoder "
+        f"{encoder_name!r} gives none; use an encoder that provides them (e.g. 'conv-skip')"
+    )
 
 
 def reference_index(steps: int, hold: int) -> list[int]:
