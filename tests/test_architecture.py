@@ -28,13 +28,16 @@ def _module_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
     at module level (in ``if`` and ``try`` blocks too). Imports inside functions run later,
     when the function is called, and cannot form an import-time cycle; they are left out. So
     is the parent package that Python imports before a submodule: a package's ``__init__``
-    importing its own submodules is not a cycle."""
+    importing its own submodules is not a cycle; and so are imports under ``if TYPE_CHECKING:``,
+    which only type checkers run."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
     nodes = list(ast.parse(path.read_text(encoding="utf-8")).body)
     while nodes:
         node = nodes.pop()
-        if isinstance(node, (ast.If, ast.Try)):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            nodes.extend(node.orelse)
+        elif isinstance(node, (ast.If, ast.Try)):
             nodes.extend(node.body + node.orelse + getattr(node, "finalbody", []))
             nodes.extend(child for handler in getattr(node, "handlers", []) for child in handler.body)
         elif isinstance(node, ast.Import):

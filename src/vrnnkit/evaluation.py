@@ -30,12 +30,13 @@ The schema of ``evaluate`` (and of ``vrnnkit eval --json``). Nats are natural-lo
         "kl": 22.2,                     # mean KL(q || p), nats per sequence; elbo = -(nll + kl)
         "nats_per_dim": 0.00793,        # mean of -ELBO / dims_per_sequence (lower is better)
         "bits_per_dim": 0.01144,        # the same in bits
-        "iwae": {                       # the importance-weighted bound on log p(x)
+        "iwae": {                       # the importance-weighted bound on log p(x) (bounds: iwae)
           "K": 100,                     # importance samples per sequence
           "bound": -805.9,              # mean bound, nats per sequence (>= elbo on average)
           "nats_per_dim": 0.00787,
           "bits_per_dim": 0.01135
-        }
+        },
+        "fivo": {...}                   # the particle filter's bound, the same keys (bounds: fivo)
       },
       "prediction": {
         "skipped": null,                # or a sentence saying why prediction was not run
@@ -89,6 +90,7 @@ from vrnnkit.metrics import (  # noqa: F401  (the metrics are part of this modul
     summarise_curves,
 )
 from vrnnkit.model import VRNN
+from vrnnkit.objectives import fivo_log_likelihood, parse_bounds
 
 # ---------------------------------------------------------------------- evaluate
 
@@ -99,6 +101,8 @@ def evaluate(
     data: Tensor | np.ndarray | Sequence[Any],
     *,
     iwae_samples: int = 100,
+    bounds: str | Sequence[str] = ("elbo", "iwae"),
+    particles: int | None = None,
     context: int = 5,
     horizon: int | None = None,
     samples: int = 10,
@@ -115,7 +119,10 @@ def evaluate(
             or anything with ``len()`` whose items are (T, *frame) tensors or arrays (a
             :class:`~vrnnkit.data.SequenceArray`, a :class:`~vrnnkit.data.WindowDataset`).
             It is read once, ``batch_size`` sequences at a time.
-        iwae_samples: K, the importance samples of the IWAE bound.
+        iwae_samples: K, the importance samples of the IWAE bound (``particles`` wins).
+        bounds: which bounds on log p(x) to report, of ``elbo``, ``iwae`` and ``fivo``
+            (``vrnnkit.objectives``); the ELBO is always reported.
+        particles: K of the IWAE and FIVO bounds (default ``iwae_samples``).
         context: real frames the model sees before predicting (frames 0 .. context-1).
         horizon: frames to predict after them; ``None`` predicts the rest of each sequence
             (T - context frames) and skips prediction when nothing is left.
@@ -140,6 +147,10 @@ def evaluate(
             likelihood, or an explicit horizon that does not fit: context + horizon > T.
     """
     check_counts(iwae_samples=iwae_samples, context=context, samples=samples, batch_size=batch_size)
+    if particles is not None:
+        check_counts(particles=particles)
+        iwae_samples = particles
+    bounds = parse_bounds(bounds)
     if horizon is not None:
         check_counts(horizon=horizon)
     if chunk_size is not None:
@@ -163,7 +174,7 @@ def evaluate(
     model.eval()
     try:
         totals, curves = _accumulate(
-            model, batches, checked=checked, iwae_samples=iwae_samples, chunk_size=chunk_size,
+            model, batches, checked=checked, iwae_samples=iwae_samples, chunk_size=chunk_size, bounds=bounds,
             prediction=None if skipped else (context, horizon, samples), seed=seed,
         )
     finally:
@@ -175,22 +186,22 @@ def evaluate(
         "vrnnkit_version": __version__, "num_sequences": num_sequences, "sequence_length": steps,
         "frame_shape": list(frame_shape), "dims_per_sequence": steps * math.prod(frame_shape), "seed": seed,
     }
-    return {**report, "likelihood": _likelihood_report(totals, iwae_samples, report["dims_per_sequence"]),
+    return {**report, "likelihood": _likelihood_report(totals, iwae_samples, report["dims_per_sequence"], bounds),
             "prediction": prediction}
 
 
 def _accumulate(
     model: VRNN, batches: Iterator[Tensor], *, checked: bool, iwae_samples: int, chunk_size: int | None,
-    prediction: tuple[int, int, int] | None, seed: int,
+    bounds: tuple[str, ...], prediction: tuple[int, int, int] | None, seed: int,
 ) -> tuple[dict[str, list[Tensor]], dict[str, list[Tensor]]]:
     """Per-sequence likelihood figures and prediction curves, batch by batch.
 
-    Three independent CPU generators (ELBO, IWAE, prediction) come from ``seed``, so each
+    Independent CPU generators (ELBO, IWAE, prediction, FIVO) come from ``seed``, so each
     part's draws stay the same when another part's settings change."""
-    elbo_generator, iwae_generator, predict_generator = (
-        torch.Generator().manual_seed(int(s)) for s in np.random.SeedSequence(seed).generate_state(3)
+    elbo_generator, iwae_generator, predict_generator, fivo_generator = (
+        torch.Generator().manual_seed(int(s)) for s in np.random.SeedSequence(seed).generate_state(4)
     )
-    totals: dict[str, list[Tensor]] = {"elbo": [], "nll": [], "kl": [], "nats_per_dim": [], "iwae": []}
+    totals: dict[str, list[Tensor]] = {"elbo": [], "nll": [], "kl": [], "nats_per_dim": [], "iwae": [], "fivo": []}
     curves: dict[str, list[Tensor]] = {}
     for x in batches:
         if not checked:
@@ -200,7 +211,10 @@ def _accumulate(
         totals["nll"].append(out.nll.expand(len(x)))  # batch means, weighted by batch size
         totals["kl"].append(out.kl.expand(len(x)))
         totals["nats_per_dim"].append(-out.elbo / out.dims)
-        totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator))
+        if "iwae" in bounds:
+            totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator))
+        if "fivo" in bounds:
+            totals["fivo"].append(fivo_log_likelihood(model, x, iwae_samples, generator=fivo_generator))
         if prediction is not None:
             context, horizon, samples = prediction
             futures = model.predict(x[:, :context], horizon, samples, generator=predict_generator)
@@ -210,21 +224,24 @@ def _accumulate(
     return totals, curves
 
 
-def _likelihood_report(totals: dict[str, list[Tensor]], iwae_samples: int, dims: int) -> dict[str, Any]:
-    means = {key: float(torch.cat(values).double().mean()) for key, values in totals.items()}
-    return {
+def _likelihood_report(totals: dict[str, list[Tensor]], particles: int, dims: int, bounds: tuple[str, ...]) -> dict[str, Any]:
+    means = {key: float(torch.cat(values).double().mean()) for key, values in totals.items() if values}
+    report: dict[str, Any] = {
         "elbo": means["elbo"],
         "nll": means["nll"],
         "kl": means["kl"],
         "nats_per_dim": means["nats_per_dim"],
         "bits_per_dim": means["nats_per_dim"] / math.log(2.0),
-        "iwae": {
-            "K": iwae_samples,
-            "bound": means["iwae"],
-            "nats_per_dim": -means["iwae"] / dims,
-            "bits_per_dim": -means["iwae"] / dims / math.log(2.0),
-        },
     }
+    for name in ("iwae", "fivo"):
+        if name in bounds:
+            report[name] = {
+                "K": particles,
+                "bound": means[name],
+                "nats_per_dim": -means[name] / dims,
+                "bits_per_dim": -means[name] / dims / math.log(2.0),
+            }
+    return report
 
 
 def _check_unit_targets(model: VRNN, data: Any) -> bool:

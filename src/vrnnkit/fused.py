@@ -14,6 +14,7 @@ posterior with ReLU activations, a one-layer ``gru``, no dropout active in eithe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,9 @@ from torch import Tensor, nn
 from vrnnkit.blocks.layers import has_active_dropout
 from vrnnkit.blocks.mlp import MLPPosterior
 from vrnnkit.blocks.rnn import GRU
+
+Resampler = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor], "Tensor | None"]
+"""``(t, h_prev, mean, std, z, f) -> rows or None``: a particle filter's resampling hook."""
 
 
 def fused_filter_supported(posterior: nn.Module, rnn: nn.Module, phi_z: nn.Module) -> bool:
@@ -43,10 +47,13 @@ def fused_filter_supported(posterior: nn.Module, rnn: nn.Module, phi_z: nn.Modul
 
 
 def fused_filter(
-    posterior: MLPPosterior, rnn: GRU, phi_z: nn.Sequential, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, state: Tensor
+    posterior: MLPPosterior, rnn: GRU, phi_z: nn.Sequential, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, state: Tensor,
+    resample: Resampler | None = None,
 ) -> tuple[Tensor, ...]:
     """The time loop over time-major inputs (T, B, ...): returns h_{t-1}, mean, std, z, f
-    (each (B, T, ...)) and the final state."""
+    (each (B, T, ...)) and the final state. ``resample(t, h_prev, mean, std, z, f)``, called
+    after every step without gradients, may return the rows (B,) the next state is gathered
+    from (a particle filter's ancestors); its gradient is scattered back to them."""
     body = [m for m in posterior.body if isinstance(m, nn.Linear)]
     weights = [
         posterior.from_state.weight,
@@ -59,14 +66,15 @@ def fused_filter(
         rnn.from_state[0].weight,
         rnn.from_state[0].bias,
     ]
-    outputs = _FusedFilter.apply(len(body), posterior.head.min_std, posterior_in, rnn_in, noise, state, *weights)
+    outputs = _FusedFilter.apply(len(body), posterior.head.min_std, resample, posterior_in, rnn_in, noise, state, *weights)
     *stacked, last = outputs
     return (*(x.transpose(0, 1) for x in stacked), last)
 
 
 class _FusedFilter(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, n_body: int, min_std: float, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, h: Tensor, *weights: Tensor):
+    def forward(ctx: Any, n_body: int, min_std: float, resample: Resampler | None, posterior_in: Tensor, rnn_in: Tensor,
+                noise: Tensor, h: Tensor, *weights: Tensor):
         w_state, *rest = weights
         body = [(rest[2 * i], rest[2 * i + 1]) for i in range(n_body)]
         w_head, b_head, w_z, b_z, w_latent, w_hh, b_hh = rest[2 * n_body :]
@@ -75,6 +83,7 @@ class _FusedFilter(torch.autograd.Function):
         body_t = [(w.t(), b) for w, b in body]
         names = ("h", "a0", *[f"a{i + 1}" for i in range(n_body)], "mean", "std", "z", "f", "reset", "update", "candidate", "gh_n")
         saved: dict[str, list[Tensor]] = {name: [] for name in names}
+        ancestors: list[Tensor | None] = []
         for t in range(posterior_in.shape[0]):
             saved["h"].append(h)
             a = torch.addmm(posterior_in[t], h, w_state_t).relu_()
@@ -91,12 +100,16 @@ class _FusedFilter(torch.autograd.Function):
             reset, update = torch.sigmoid(gi[:, : 2 * size] + gh[:, : 2 * size]).chunk(2, dim=-1)
             gh_n = gh[:, 2 * size :]
             candidate = torch.tanh(torch.addcmul(gi[:, 2 * size :], reset, gh_n))
+            rows = resample(t, h, mean, std, z, f) if resample is not None else None
             h = torch.lerp(candidate, h, update)
+            if rows is not None:
+                h = h.index_select(0, rows)
+            ancestors.append(rows)
             for name, value in (("mean", mean), ("std", std), ("z", z), ("f", f), ("reset", reset),
                                 ("update", update), ("candidate", candidate), ("gh_n", gh_n)):
                 saved[name].append(value)
         stacks = {name: torch.stack(values) for name, values in saved.items()}
-        ctx.n_body, ctx.min_std, ctx.names = n_body, min_std, names
+        ctx.n_body, ctx.min_std, ctx.names, ctx.ancestors = n_body, min_std, names, ancestors
         ctx.save_for_backward(noise, *weights, *stacks.values())
         return stacks["h"], stacks["mean"], stacks["std"], stacks["z"], stacks["f"], h
 
@@ -130,6 +143,8 @@ class _FusedFilter(torch.autograd.Function):
         d_a = [zeros(s[f"a{i}"].shape) for i in range(n_body + 1)]
         d_h = g_last if g_last is not None else zeros(batch, size)
         for t in reversed(range(steps)):
+            if ctx.ancestors[t] is not None:  # the state was gathered: scatter its gradient back
+                d_h = zeros(batch, size).index_add_(0, ctx.ancestors[t], d_h)
             h_prev, update, candidate = s["h"][t], s["update"][t], s["candidate"][t]
             # h = candidate + update * (h_prev - candidate)
             d_n = torch.mul(d_h, d_candidate[t]).sub_(d_h * update * d_candidate[t])
@@ -167,4 +182,4 @@ class _FusedFilter(torch.autograd.Function):
             weight_grad(d_gh, s["h"]),
             d_gh.sum((0, 1)),
         ]
-        return (None, None, d_a[0], d_gi, None, d_h, *grads)
+        return (None, None, None, d_a[0], d_gi, None, d_h, *grads)

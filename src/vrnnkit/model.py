@@ -26,12 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import vrnnkit.objectives as objectives
 import vrnnkit.skips as skips
 from vrnnkit._checks import check_counts
 from vrnnkit.config import VRNNConfig
-from vrnnkit.distributions import normal_kl, normal_log_prob, randn
+from vrnnkit.distributions import normal_kl, randn
 from vrnnkit.errors import ConfigError, DataError
-from vrnnkit.fused import fused_filter, fused_filter_supported
+from vrnnkit.fused import Resampler, fused_filter, fused_filter_supported
 from vrnnkit.masking import masked, zero_padding
 from vrnnkit.outputs import Filtered, VRNNOutput
 from vrnnkit.registry import get_builder
@@ -91,6 +92,9 @@ class VRNN(nn.Module):
         kl_weight: float = 1.0,
         free_bits: float = 0.0,
         generator: torch.Generator | None = None,
+        objective: str = "elbo",
+        particles: int = 1,
+        resample_threshold: float = objectives.DEFAULT_THRESHOLD,
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape).
 
@@ -103,6 +107,11 @@ class VRNN(nn.Module):
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
         x = zero_padding(x, step_mask)
+        if objective != "elbo":
+            return objectives.particle_output(
+                self, x, step_mask, objective=objective, particles=particles, latent_weight=kl_weight,
+                threshold=resample_threshold, generator=generator,
+            )
         features, maps = self._encode(x)
         filtered = self._filter(features, self._noise(steps, batch, x, generator))
         nll = -self._log_prob_frames(x, filtered, self._references(maps, steps))
@@ -154,24 +163,11 @@ class VRNN(nn.Module):
         check_counts(k=k)
         if chunk_size is None:
             chunk_size = self.iwae_chunk_size(batch, steps, k)
-        features, maps = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
-        reference = self._references(maps, steps)
-        log_weights = []
-        for start in range(0, k, chunk_size):
-            n = min(chunk_size, k - start)
-            xs = x.repeat(n, *([1] * (x.dim() - 1)))
-            filtered = self._filter(
-                features.repeat(n, 1, 1), self._noise(steps, n * batch, x, generator)
-            )
-            mean_p, std_p = self._prior(filtered.h)
-            log_w = (
-                self._log_prob_frames(xs, filtered, skips.repeat(reference, n))
-                + normal_log_prob(filtered.z, mean_p, std_p).sum(-1)
-                - normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1)
-            )
-            if step_mask is not None:
-                log_w = masked(log_w, step_mask.repeat(n, 1))
-            log_weights.append(log_w.sum(1).view(n, batch))
+        encoded = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
+        log_weights = [
+            objectives.iwae_log_weights(self, x, step_mask, min(chunk_size, k - start), generator, encoded=encoded)
+            for start in range(0, k, chunk_size)
+        ]
         return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
     def iwae_chunk_size(self, batch: int, steps: int, k: int) -> int:
@@ -233,26 +229,33 @@ class VRNN(nn.Module):
 
     # ------------------------------------------------------------------ the recurrence
 
-    def _filter(self, features: Tensor, noise: Tensor, state: Tensor | None = None) -> Filtered:
-        """Run q over frame features (B, T, E) with posterior noise (T, B, Z): the time loop."""
-        batch, steps = features.shape[:2]
+    def _filter(
+        self, features: Tensor, noise: Tensor, state: Tensor | None = None, *, particles: int = 1, resample: Resampler | None = None,
+    ) -> Filtered:
+        """Run q over frame features (B, T, E) with posterior noise (T, particles * B, Z): the
+        time loop, for ``particles`` latent paths per sequence (rows particle-major), with
+        ``resample`` a particle filter's hook (``vrnnkit.fused.fused_filter``)."""
+        batch, steps = features.shape[0] * particles, features.shape[1]
         time_major = features.transpose(0, 1)
         if state is None:
             state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
+        # The parts that depend on the frames only, once per sequence, then shared by the paths.
+        posterior_in, rnn_in = self.posterior.precompute(time_major), self.rnn.precompute(time_major)
+        if particles > 1:
+            posterior_in, rnn_in = posterior_in.repeat(1, particles, 1), rnn_in.repeat(1, particles, 1)
         if self.fused_loop and self._compiled_step is None and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
-            posterior_in = self.posterior.precompute(time_major)
-            rnn_in = self.rnn.precompute(time_major)
-            return Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state))
+            return Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state, resample))
         # unbind, not indexing: one backward node stacks the per-step gradients, where
         # indexing would allocate and fill a whole (T, B, ...) gradient for every step.
-        posterior_in = self.posterior.precompute(time_major).unbind(0)
-        rnn_in = self.rnn.precompute(time_major).unbind(0)
+        posterior_in, rnn_in = posterior_in.unbind(0), rnn_in.unbind(0)
         noise = noise.unbind(0)
         step = self._compiled_step or self._recurrent_step
         outputs = []
         for t in range(steps):
             *items, state = step(posterior_in[t], rnn_in[t], noise[t], state)
             outputs.append(items)
+            rows = resample(t, *(item.detach() for item in items)) if resample is not None else None
+            state = state if rows is None else state.index_select(0, rows)
         return Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state)
 
     def _recurrent_step(

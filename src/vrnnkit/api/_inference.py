@@ -276,7 +276,7 @@ def evaluate(
     per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
     step's ELBO term)."""
     if isinstance(data, (str, os.PathLike)) and str(data) not in BUILTIN_DATA and is_variable_length(str(data)):
-        kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed") if k in options}
+        kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed", "bounds", "particles") if k in options}
         return evaluate_file(model, str(data), split=split, per_sequence=per_sequence, per_step=per_step,
                                     json_out=json_out, **kept)
     if split is not None or per_sequence is not None or per_step:

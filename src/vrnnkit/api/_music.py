@@ -101,6 +101,7 @@ def evaluate_file(
     model: VRNN, data: str, *, split: str | None = None, per_sequence: str | os.PathLike[str] | None = None,
     per_step: bool = False, json_out: str | os.PathLike[str] | None = None, iwae_samples: int = 100,
     batch_size: int = 16, chunk_size: int | None = None, seed: int = 0,
+    bounds: str | tuple[str, ...] = ("elbo", "iwae"), particles: int | None = None,
 ) -> dict[str, Any]:
     """``evaluate_variable_length`` on a file of sequences of different lengths (a split of a
     note-list JSON: ``test`` by default); per-sequence scores to ``per_sequence`` (.csv or
@@ -115,7 +116,8 @@ def evaluate_file(
         raise ConfigError("--per-step adds to the --per-sequence file; give --per-sequence out.csv (or .json)")
     sequences, _ = read_split(data, split)
     report = evaluate_variable_length(model, sequences, iwae_samples=iwae_samples, batch_size=batch_size,
-                                      chunk_size=chunk_size, seed=seed, per_step=per_step)
+                                      chunk_size=chunk_size, seed=seed, per_step=per_step, bounds=bounds,
+                                      particles=particles)
     report["data"], report["split"] = data, split or ("test" if data.lower().endswith(".json") else None)
     if per_sequence is not None:
         write_scores(Path(per_sequence), report["sequences"])
@@ -131,7 +133,8 @@ def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
         if path.suffix.lower() == ".json":
             Path(tmp).write_text(json.dumps(rows, indent=1), encoding="utf-8")
             return
-        columns = ["sequence", "steps", "elbo", "iwae", "elbo_per_step", "iwae_per_step"]
+        names = ["elbo", *(name for name in ("iwae", "fivo") if name in rows[0])]
+        columns = ["sequence", "steps", *names, *(f"{name}_per_step" for name in names)]
         with open(tmp, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
             per_step = "step_elbo" in rows[0]

@@ -123,7 +123,9 @@ def _prediction_table(report: dict[str, Any]) -> Table:
 def evaluate_command(
     data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences).")] = "bouncing-balls",
     ckpt: Ckpt = None,
-    iwae_samples: Annotated[int, typer.Option(min=1, help="K, importance samples of the IWAE bound.")] = 100,
+    bound: Annotated[str, typer.Option(help="Bounds on log p(x) to report, comma-separated: elbo, iwae, fivo (the ELBO always).")] = "elbo,iwae",
+    particles: Annotated[Opt[int], typer.Option(min=1, help="K, the samples of the IWAE bound and the particles of FIVO (default --iwae-samples).", show_default=False)] = None,
+    iwae_samples: Annotated[int, typer.Option(min=1, help="K of the IWAE and FIVO bounds when --particles is not given.")] = 100,
     context: Annotated[int, typer.Option(min=1, help="Real frames given before predicting.")] = 5,
     horizon: Annotated[Opt[int], typer.Option(min=1, help="Frames predicted (default: the rest of each sequence; 10 for built-in data).", show_default=False)] = None,
     samples: Annotated[int, typer.Option(min=1, help="Futures per sequence; the best of them is scored.")] = 10,
@@ -144,7 +146,7 @@ def evaluate_command(
     for sequences of different lengths (a note-list .json, ...), the bounds per time step."""
     report = api.evaluate(
         _load(ckpt), data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
-        iwae_samples=iwae_samples, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
+        iwae_samples=iwae_samples, bounds=bound, particles=particles, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
         chunk_size=chunk_size, seed=seed, split=split, per_sequence=per_sequence, per_step=per_step,
     )
     if "num_steps" in report:
@@ -159,36 +161,37 @@ def evaluate_command(
 
 def _print_step_report(report: dict[str, Any], per_sequence: Path | None) -> None:
     likelihood = report["likelihood"]
-    iwae = likelihood["iwae"]
     split = f" ({report['split']} split)" if report.get("split") else ""
     table = Table(title=f"likelihood: {report['num_sequences']} sequences{split}, {report['num_steps']:,} time steps", show_header=False)
-    rows = [
-        ("ELBO (nats per time step)", f"{likelihood['elbo_per_step']:.4f}"),
-        (f"IWAE bound, K={iwae['K']} (nats per time step)", f"{iwae['bound_per_step']:.4f}"),
-        ("ELBO / IWAE (nats per sequence)", f"{likelihood['elbo']:.2f} / {iwae['bound']:.2f}"),
-        ("  NLL / KL (nats per sequence)", f"{likelihood['nll']:.2f} / {likelihood['kl']:.2f}"),
-        ("ELBO / IWAE (bits per dim)", f"{likelihood['bits_per_dim']:.5f} / {iwae['bits_per_dim']:.5f}"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
+    table.add_row("ELBO (nats per time step)", f"{likelihood['elbo_per_step']:.4f}")
+    for name in _BOUND_NAMES:
+        if name in likelihood:
+            table.add_row(f"{_BOUND_NAMES[name]} bound, K={likelihood[name]['K']} (nats per time step)", f"{likelihood[name]['bound_per_step']:.4f}")
+    table.add_row("ELBO (nats per sequence)", f"{likelihood['elbo']:.2f}")
+    table.add_row("  NLL / KL (nats per sequence)", f"{likelihood['nll']:.2f} / {likelihood['kl']:.2f}")
+    table.add_row("ELBO (bits per dim)", f"{likelihood['bits_per_dim']:.5f}")
+    for name in _BOUND_NAMES:
+        if name in likelihood:
+            table.add_row(f"{_BOUND_NAMES[name]} (nats per sequence / bits per dim)", f"{likelihood[name]['bound']:.2f} / {likelihood[name]['bits_per_dim']:.5f}")
     console.print(table)
     if per_sequence is not None:
         say(f"wrote {per_sequence}")
 
 
+_BOUND_NAMES = {"iwae": "IWAE", "fivo": "FIVO"}
+
+
 def _print_report(report: dict[str, Any]) -> None:
     likelihood = report["likelihood"]
-    iwae = likelihood["iwae"]
     table = Table(title=f"likelihood: {report['num_sequences']} sequences of {report['sequence_length']} frames", show_header=False)
-    rows = [
-        ("ELBO (nats per sequence)", f"{likelihood['elbo']:.2f}"),
-        ("  NLL / KL (nats per sequence)", f"{likelihood['nll']:.2f} / {likelihood['kl']:.2f}"),
-        ("  nats / bits per dim", f"{likelihood['nats_per_dim']:.5f} / {likelihood['bits_per_dim']:.5f}"),
-        (f"IWAE bound, K={iwae['K']} (nats per sequence)", f"{iwae['bound']:.2f}"),
-        ("  nats / bits per dim", f"{iwae['nats_per_dim']:.5f} / {iwae['bits_per_dim']:.5f}"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
+    table.add_row("ELBO (nats per sequence)", f"{likelihood['elbo']:.2f}")
+    table.add_row("  NLL / KL (nats per sequence)", f"{likelihood['nll']:.2f} / {likelihood['kl']:.2f}")
+    table.add_row("  nats / bits per dim", f"{likelihood['nats_per_dim']:.5f} / {likelihood['bits_per_dim']:.5f}")
+    for name, label in _BOUND_NAMES.items():
+        if name in likelihood:
+            bound = likelihood[name]
+            table.add_row(f"{label} bound, K={bound['K']} (nats per sequence)", f"{bound['bound']:.2f}")
+            table.add_row("  nats / bits per dim", f"{bound['nats_per_dim']:.5f} / {bound['bits_per_dim']:.5f}")
     console.print(table)
     prediction = report["prediction"]
     if prediction.get("skipped"):

@@ -23,6 +23,7 @@ from vrnnkit._checks import is_count
 from vrnnkit.config import VRNNConfig
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.errors import ConfigError
+from vrnnkit.objectives import OBJECTIVES
 from vrnnkit.registry import KINDS
 
 DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few minutes on a CPU
@@ -74,6 +75,9 @@ class TrainConfig:
     clip: float = 10.0
     kl_anneal: int = 200
     free_bits: float = 0.0
+    objective: str = "elbo"  # or "iwae" / "fivo" with `particles` latent paths per sequence
+    particles: int = 1
+    resample_threshold: float = 0.5  # fivo: resample when the effective sample size < this * particles
     seq_len: str | int = 10  # 0 or "full": whole sequences (data of different lengths)
     val_fraction: float = 0.1
     seed: int = 0
@@ -110,6 +114,7 @@ class TrainConfig:
             raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.size is not None:
             self.size = format_size(parse_size(self.size))
+        self._check_objective()
 
     def _check_music_options(self) -> None:
         for name, top in (("weight_decay", math.inf), ("ema", 1.0)):
@@ -122,6 +127,25 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.fps is not None and (isinstance(self.fps, bool) or not self.fps > 0):
             raise ConfigError(f"fps must be a positive number, got {self.fps!r}")
+
+    def _check_objective(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not is_count(self.particles):
+            raise ConfigError(f"particles must be a whole number >= 1, got {self.particles!r}")
+        threshold = self.resample_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"resample_threshold must be a number in [0, 1], got {threshold!r}")
+        if self.objective == "elbo" and self.particles != 1:
+            raise ConfigError(
+                f"particles = {self.particles} needs objective iwae or fivo (the ELBO uses one latent path); "
+                "add --objective iwae or --objective fivo"
+            )
+        if self.objective != "elbo" and self.free_bits > 0:
+            raise ConfigError(
+                f"free_bits applies to the ELBO's KL term only; objective {self.objective} has no separate KL "
+                "term to floor. Drop --free-bits, or use kl_anneal (it scales the latent terms of the weights)"
+            )
 
     def model_config(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
         """The model for frames of ``frame_shape``, with ``dropout`` set on every mlp block and

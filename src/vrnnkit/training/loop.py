@@ -106,7 +106,10 @@ def train_step(
     dtype = AUTOCAST_DTYPES.get(config.precision)
     device_type = batch.device.type
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        output = model(batch, mask=mask, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator)
+        output = model(
+            batch, mask=mask, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator,
+            objective=config.objective, particles=config.particles, resample_threshold=config.resample_threshold,
+        )
     optimizer.zero_grad(set_to_none=True)
     finite = distributed or bool(torch.isfinite(output.loss))
     if finite:
@@ -305,27 +308,41 @@ def evaluate_loss(
 ) -> dict[str, float]:
     """Validation ELBO figures, in eval mode (no dropout) with fixed noise: over up to
     ``max_batches`` batches, or over every item of ``padded`` data (sequences of different
-    lengths), which also gives ``val_elbo_per_step``, nats per real time step."""
+    lengths), which also gives ``val_elbo_per_step``, nats per real time step. A run trained
+    on ``iwae`` or ``fivo`` also gets that bound (``val_iwae``, ``val_fivo``, with the
+    training's particles), and its ``val_loss`` (which picks best.safetensors) is minus that
+    bound: the figure the run optimises."""
     generator = torch.Generator().manual_seed(config.seed + 2)
+    bound_name = None if config.objective == "elbo" else f"val_{config.objective}"
     totals = {"val_loss": 0.0, "val_nll": 0.0, "val_kl": 0.0, "val_bits_per_dim": 0.0}
-    count, elbo, steps = 0, 0.0, 0.0
+    count, sums, steps = 0, {"elbo": 0.0, "bound": 0.0}, 0.0
     was_training = model.training
     model.eval()
     try:
         for batch in validation_batches(dataset, config.batch_size, padded, max_batches):
             x, mask = to_device(batch, device)
             out = model(x, mask=mask, generator=generator)
+            loss = out.nll + out.kl
+            if bound_name is not None:
+                bound = model(x, mask=mask, generator=generator, objective=config.objective,
+                              particles=config.particles, resample_threshold=config.resample_threshold).elbo
+                sums["bound"] += float(bound.double().sum())
+                loss = -bound.mean()
             n = x.shape[0]
-            for key, value in (("val_loss", out.nll + out.kl), ("val_nll", out.nll), ("val_kl", out.kl), ("val_bits_per_dim", out.bits_per_dim)):
+            for key, value in (("val_loss", loss), ("val_nll", out.nll), ("val_kl", out.kl), ("val_bits_per_dim", out.bits_per_dim)):
                 totals[key] += value.item() * n
             count += n
-            elbo += float(out.elbo.double().sum())
+            sums["elbo"] += float(out.elbo.double().sum())
             steps += float(mask.sum()) if mask is not None else x.shape[0] * x.shape[1]
     finally:
         model.train(was_training)
     figures = {key: value / max(count, 1) for key, value in totals.items()}
+    if bound_name is not None:
+        figures[bound_name] = sums["bound"] / max(count, 1)
     if padded:
-        figures["val_elbo_per_step"] = elbo / max(steps, 1.0)
+        figures["val_elbo_per_step"] = sums["elbo"] / max(steps, 1.0)
+        if bound_name is not None:
+            figures[f"{bound_name}_per_step"] = sums["bound"] / max(steps, 1.0)
     return figures
 
 

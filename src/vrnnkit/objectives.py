@@ -1,0 +1,272 @@
+"""Objectives tighter than the ELBO, computed with K particles per sequence: IWAE and FIVO.
+
+Both estimate log p(x) from weights ``log w = log p(x_t | .) + log p(z_t | h_{t-1}) - log q(z_t | .)``
+of latent paths drawn from the posterior; both are lower bounds on log p(x) in expectation, and
+both equal the one-sample ELBO (with the KL sampled, not in closed form) at K = 1.
+
+- ``iwae`` (Burda et al. 2016): K independent paths per sequence, ``logsumexp_k(sum_t log w) - log K``.
+- ``fivo`` (Maddison et al. 2017; also Le et al. 2018, Naesseth et al. 2018): a particle filter.
+  The K particles move together step by step; when the effective sample size of their weights
+  falls below ``threshold * K`` they are resampled (systematic resampling) and their weights
+  reset. The bound is the sum over steps of the log of the weighted mean of the incremental
+  weights. As in FIVO, no gradient flows through the resampling decisions (the ancestor
+  indices are constants; gradients do flow along each surviving particle's history).
+
+The K particles of a batch of B sequences run as one batch of K*B rows, particle-major (row
+``k * B + b``), as ``VRNN.log_likelihood`` lays out its samples. IWAE's recurrence is the
+plain filter (the hand-written fused loop applies); FIVO's must resample inside the time loop,
+and the resampling needs each step's frame likelihood, so there the prior and the decoder run
+inside the loop too (the encoder still runs once, before it).
+
+``latent_weight`` (the KL weight of KL annealing) scales ``log p(z_t | .) - log q(z_t | .)``
+inside the weights: below 1 the objective is an annealed bound, not a bound on log p(x); at 1
+it is the bound itself.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+import vrnnkit.skips as skips
+from vrnnkit.distributions import normal_log_prob, rand
+from vrnnkit.errors import ConfigError
+from vrnnkit.masking import masked, zero_padding
+from vrnnkit.outputs import Filtered, VRNNOutput
+
+if TYPE_CHECKING:
+    from vrnnkit.model import VRNN
+
+OBJECTIVES = ("elbo", "iwae", "fivo")
+"""The training objectives (``--objective``); ``elbo`` is ``VRNN.forward``'s own."""
+BOUNDS = OBJECTIVES
+"""The bounds ``vrnnkit eval --bound`` reports."""
+DEFAULT_THRESHOLD = 0.5
+"""FIVO resamples when the effective sample size drops below this share of the particles."""
+
+
+def particle_output(
+    model: VRNN,
+    x: Tensor,
+    step_mask: Tensor | None,
+    *,
+    objective: str,
+    particles: int,
+    latent_weight: float = 1.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    generator: torch.Generator | None = None,
+) -> VRNNOutput:
+    """The training figures of ``objective`` ("iwae" or "fivo") over a batch ``x`` (B, T, ...)
+    whose padding is already zeroed: ``loss`` is minus the batch mean of the bound;
+    ``elbo`` holds each sequence's bound; ``nll`` and ``kl`` are the particles' mean
+    reconstruction term and sampled KL, for the logs."""
+    batch, steps = x.shape[:2]
+    if objective == "iwae":
+        terms = _iwae_terms(model, x, step_mask, particles, generator)
+        log_w = (terms[0] + latent_weight * (terms[1] - terms[2])).sum(1).view(particles, batch)
+        bound = torch.logsumexp(log_w, 0) - math.log(particles)
+    elif objective == "fivo":
+        bound, terms = _fivo(model, x, step_mask, particles, latent_weight, threshold, generator)
+    else:
+        raise ValueError(f"objective must be iwae or fivo here, got {objective!r}")
+    log_px, log_pz, log_qz = (t.view(particles, batch, steps) for t in terms)
+    nll, kl = -log_px.mean(0), (log_qz - log_pz).mean(0)
+    frame_size = math.prod(model.config.frame_shape)
+    observed = step_mask.sum(1) if step_mask is not None else torch.full_like(bound, steps)
+    return VRNNOutput(
+        loss=-bound.mean(),
+        nll=nll.sum(1).mean(),
+        kl=kl.sum(1).mean(),
+        elbo=bound,
+        nll_per_step=nll.mean(0),
+        kl_per_step=kl.mean(0),
+        dims=observed * frame_size,
+    )
+
+
+def iwae_log_weights(
+    model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, generator: torch.Generator | None,
+    *, encoded: tuple[Tensor, list[Tensor] | None] | None = None,
+) -> Tensor:
+    """Each path's log weight summed over time, (particles, B): ``particles`` independent
+    latent paths per sequence from the posterior. ``encoded`` reuses ``VRNN._encode(x)``."""
+    log_px, log_pz, log_qz = _iwae_terms(model, x, step_mask, particles, generator, encoded=encoded)
+    return (log_px + log_pz - log_qz).sum(1).view(particles, x.shape[0])
+
+
+def _iwae_terms(
+    model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, generator: torch.Generator | None,
+    *, encoded: tuple[Tensor, list[Tensor] | None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """log p(x_t | .), log p(z_t | .), log q(z_t | .) of ``particles`` independent paths per
+    sequence, each (particles * B, T), zero at padded steps."""
+    batch, steps = x.shape[:2]
+    features, maps = encoded if encoded is not None else model._encode(x)
+    reference = model._references(maps, steps)
+    filtered = model._filter(features, model._noise(steps, particles * batch, x, generator), particles=particles)
+    return _path_terms(model, x, filtered, reference, step_mask, particles)
+
+
+def _path_terms(
+    model: VRNN, x: Tensor, filtered: Filtered, reference: list[Tensor] | None, step_mask: Tensor | None, particles: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The three log-densities of every filtered path at every step, over all steps at once."""
+    mean_p, std_p = model._prior(filtered.h)
+    xs = x.repeat(particles, *([1] * (x.dim() - 1)))
+    terms = (
+        model._log_prob_frames(xs, filtered, skips.repeat(reference, particles)),
+        normal_log_prob(filtered.z, mean_p, std_p).sum(-1),
+        normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1),
+    )
+    if step_mask is None:
+        return terms
+    mask = step_mask.repeat(particles, 1)
+    return tuple(masked(t, mask) for t in terms)  # type: ignore[return-value]
+
+
+def fivo_bound(
+    model: VRNN,
+    x: Tensor,
+    step_mask: Tensor | None,
+    particles: int,
+    generator: torch.Generator | None = None,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Tensor:
+    """The FIVO bound of each sequence of ``x`` (B, T, ...), padding zeroed: (B,)."""
+    return _fivo(model, x, step_mask, particles, 1.0, threshold, generator)[0]
+
+
+def _fivo(
+    model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, latent_weight: float,
+    threshold: float, generator: torch.Generator | None,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The particle filter: the bound (B,) and each step's log p(x_t|.), log p(z_t|.),
+    log q(z_t|.) of the particles as they were drawn, each (particles * B, T).
+
+    Two stages, so that only the recurrence runs in the time loop. In the loop, a hook
+    (``_Resampler``) scores each step's particles without gradients and picks the ancestors;
+    the recurrence gathers its state from them (the fused loop scatters the gradient back).
+    After it, the prior, decoder and likelihood run once over all steps with gradients, and
+    ``_bound`` accumulates the weights with the resampling the loop chose."""
+    batch, steps = x.shape[:2]
+    features, maps = model._encode(x)
+    reference = model._references(maps, steps)
+    noise = model._noise(steps, particles * batch, x, generator)
+    uniforms = rand((steps, batch), generator=generator, device=x.device, dtype=x.dtype)
+    observed = step_mask if step_mask is not None else x.new_ones(batch, steps)
+    hook = _Resampler(model, x, reference, observed, particles, latent_weight, threshold, uniforms)
+    filtered = model._filter(features, noise, particles=particles, resample=hook)
+    terms = _path_terms(model, x, filtered, reference, step_mask, particles)
+    log_alpha = (terms[0] + latent_weight * (terms[1] - terms[2])).view(particles, batch, steps)
+    return _bound(log_alpha, hook.events), terms
+
+
+class _Resampler:
+    """The resampling hook of FIVO's time loop: scores each step's particles (no gradients),
+    and where the effective sample size of a sequence's weights falls below ``threshold * K``
+    draws ancestors by systematic resampling and returns the rows to gather the state from.
+    ``events`` keeps, per step, None or (resampled (B,), ancestors (K, B), the log weights the
+    ancestors were drawn with (K, B))."""
+
+    def __init__(self, model: VRNN, x: Tensor, reference: list[Tensor] | None, observed: Tensor, particles: int,
+                 latent_weight: float, threshold: float, uniforms: Tensor) -> None:
+        self.model, self.particles, self.latent_weight, self.threshold, self.uniforms = model, particles, latent_weight, threshold, uniforms
+        batch, steps = x.shape[:2]
+        self.frames = x.repeat(particles, *([1] * (x.dim() - 1))).unbind(1)
+        self.reference = _per_step(skips.repeat(reference, particles), particles * batch, steps)
+        self.observed = observed > 0
+        self.log_weights = x.new_zeros(particles, batch)
+        self.events: list[tuple[Tensor, Tensor, Tensor] | None] = []
+
+    @torch.no_grad()
+    def __call__(self, t: int, h: Tensor, mean: Tensor, std: Tensor, z: Tensor, f: Tensor) -> Tensor | None:
+        model, (particles, batch) = self.model, self.log_weights.shape
+        prior_mean, prior_std = model.prior(h)
+        params = model._decode(f, h, self.reference[t] if self.reference else None)
+        latent = normal_log_prob(z, prior_mean, prior_std).sum(-1) - normal_log_prob(z, mean, std).sum(-1)
+        increment = model.likelihood.log_prob(params, self.frames[t]) + self.latent_weight * latent
+        observed = self.observed[:, t]
+        updated = self.log_weights + torch.where(observed, increment.view(particles, batch), 0.0)
+        log_ess = 2 * torch.logsumexp(updated, 0) - torch.logsumexp(2 * updated, 0)
+        limit = math.log(self.threshold * particles) if self.threshold > 0 else -math.inf  # 0: never resample
+        resample = (log_ess < limit) & observed
+        if t + 1 == len(self.frames) or not bool(resample.any()):
+            self.log_weights = updated
+            self.events.append(None)
+            return None
+        identity = torch.arange(particles, device=h.device).unsqueeze(1).expand(particles, batch)
+        ancestors = torch.where(resample.unsqueeze(0), systematic_ancestors(updated, self.uniforms[t]), identity)
+        self.events.append((resample, ancestors, updated))
+        self.log_weights = torch.where(resample.unsqueeze(0), 0.0, updated)
+        return (ancestors * batch + torch.arange(batch, device=h.device)).flatten()
+
+
+def _bound(log_alpha: Tensor, events: list[tuple[Tensor, Tensor, Tensor] | None]) -> Tensor:
+    """FIVO's estimate from the incremental log weights (K, B, T) and the loop's resampling:
+    the sum over steps of the log of the weighted mean of the increments. A resampled
+    particle's weight restarts at w / v of its ancestor (v: the weights the ancestor was drawn
+    with): 1 when the loop scored exactly as here; otherwise (dropout draws differ between the
+    two passes) the ratio keeps the estimate unbiased. No gradient flows through it, as in FIVO."""
+    log_weights = torch.zeros_like(log_alpha[..., 0])
+    bound = torch.zeros_like(log_alpha[0, :, 0])
+    for t, event in enumerate(events):
+        updated = log_weights + log_alpha[..., t]
+        bound = bound + torch.logsumexp(updated, 0) - torch.logsumexp(log_weights, 0)
+        if event is None:
+            log_weights = updated
+            continue
+        resampled, ancestors, drawn_with = event
+        restart = (updated.detach().gather(0, ancestors) - drawn_with.gather(0, ancestors))
+        log_weights = torch.where(resampled.unsqueeze(0), restart, updated)
+    return bound
+
+
+def _per_step(reference: list[Tensor] | None, rows: int, steps: int) -> list[list[Tensor]] | None:
+    """Each step's skip reference, (rows, ...) per level, from ``skips.gather``'s layout."""
+    if reference is None:
+        return None
+    levels = [level.view(rows, steps, *level.shape[1:]).unbind(1) for level in reference]
+    return [list(step) for step in zip(*levels, strict=True)]
+
+
+def systematic_ancestors(log_weights: Tensor, uniform: Tensor) -> Tensor:
+    """Systematic resampling of each column of ``log_weights`` (K, B) with one uniform in
+    [0, 1) per column: ancestor indices (K, B). Particle k takes the ancestor whose cumulative
+    normalised weight first exceeds ``(k + u) / K``."""
+    particles = log_weights.shape[0]
+    cumulative = torch.softmax(log_weights, 0).cumsum(0).T.contiguous()  # (B, K)
+    positions = (torch.arange(particles, device=log_weights.device, dtype=log_weights.dtype) + uniform.unsqueeze(1)) / particles
+    ancestors = torch.searchsorted(cumulative, positions.contiguous(), right=True)
+    return ancestors.clamp_(max=particles - 1).T
+
+
+def parse_bounds(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``"elbo,iwae,fivo"`` (or a sequence of names) as a tuple of known bound names."""
+    names = [n.strip().lower() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
+    unknown = [n for n in names if n not in BOUNDS]
+    if unknown or not names:
+        raise ConfigError(f"bound must be a comma-separated list of {', '.join(BOUNDS)}, got {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
+@torch.no_grad()
+def fivo_log_likelihood(
+    model: VRNN, x: Tensor, particles: int, *, mask: Tensor | None = None,
+    generator: torch.Generator | None = None, threshold: float = DEFAULT_THRESHOLD,
+) -> Tensor:
+    """The FIVO bound of each sequence of ``x`` (B, T, ...) with ``particles`` particles, (B,),
+    for evaluation: sequences run a few at a time so that a step's K * rows frames stay near
+    2**21 values (the particles of one sequence cannot be split: they are resampled together)."""
+    batch, steps = model._check_frames(x, "x")
+    step_mask = model._check_mask(mask, batch, steps, x)
+    x = zero_padding(x, step_mask)
+    rows = max(1, 2**21 // (particles * math.prod(model.config.frame_shape)))
+    parts = []
+    for start in range(0, batch, rows):
+        part_mask = None if step_mask is None else step_mask[start : start + rows]
+        parts.append(fivo_bound(model, x[start : start + rows], part_mask, particles, generator, threshold=threshold))
+    return torch.cat(parts)
