@@ -121,7 +121,7 @@ def _prediction_table(report: dict[str, Any]) -> Table:
 @app.command("eval")
 @friendly_errors
 def evaluate_command(
-    data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences).")] = "bouncing-balls",
+    data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences) / jsb-chorales (test split).")] = "bouncing-balls",
     ckpt: Ckpt = None,
     iwae_samples: Annotated[int, typer.Option(min=1, help="K, importance samples of the IWAE bound.")] = 100,
     context: Annotated[int, typer.Option(min=1, help="Real frames given before predicting.")] = 5,
@@ -130,7 +130,7 @@ def evaluate_command(
     num_sequences: Annotated[int, typer.Option(min=1, help="Built-in data: how many test sequences to generate.")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per batch.")] = 16,
     chunk_size: Annotated[Opt[int], typer.Option(min=1, help="Importance samples per pass (bounds memory).", show_default=False)] = None,
-    mnist_dir: Annotated[Opt[str], typer.Option(help="Folder with the MNIST IDX files (moving-mnist, seq-mnist).", show_default=False)] = None,
+    mnist_dir: Annotated[Opt[str], typer.Option(help="Folder with the MNIST IDX files (moving-mnist, seq-mnist); default: the MNIST download in the data cache.", show_default=False)] = None,
     layout: Annotated[Opt[str], typer.Option(help="Layout of a data file (guessed by default).", show_default=False)] = None,
     size: Size = None,
     grey: Grey = False,

@@ -28,7 +28,7 @@ DATA, MODEL, OPTIMISATION, RUN = "Data", "Model", "Optimisation", "Run"
 
 # (option, panel, help, extra typer.Option settings); the order of --help.
 OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("mnist_dir", DATA, "Folder with the MNIST IDX files (moving-mnist, seq-mnist).", {}),
+    ("mnist_dir", DATA, "Folder with the MNIST IDX files (moving-mnist, seq-mnist); default: the MNIST download in the data cache.", {}),
     ("layout", DATA, "Layout of a data file, e.g. NTHW, TNHW, NTD (guessed by default).", {}),
     ("size", DATA, "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging when shrinking, bilinear when enlarging; at least 8.", {"metavar": "SIZE|HxW"}),
     ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
@@ -92,7 +92,7 @@ def _parameters() -> list[inspect.Parameter]:
 
     data_help = ("A .npy/.npz/.gif/.mp4 file; sequences of different lengths: a note-list .json (train split, "
                  "valid for validation), a .npz of several arrays or with lengths, a folder of .npy/.mid files; "
-                 "or bouncing-balls (default), moving-mnist, seq-mnist.")
+                 "or bouncing-balls (default), moving-mnist, seq-mnist, jsb-chorales (downloaded into the data cache when missing).")
     params = [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
         Optional[str], typer.Argument(help=data_help, show_default=False)])]  # noqa: UP045
     for name, panel, text, extra in OPTIONS:
