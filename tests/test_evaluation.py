@@ -224,7 +224,7 @@ SCHEMA = {
 LIKELIHOOD_KEYS = {"elbo", "nll", "kl", "nats_per_dim", "bits_per_dim", "iwae"}
 IWAE_KEYS = {"K", "bound", "nats_per_dim", "bits_per_dim"}
 PREDICTION_KEYS = {"skipped", "context", "horizon", "samples", "num_sequences", "psnr", "ssim", "baseline"}
-INTERVAL_KEYS = {"mean", "ci95", "per_step"}
+INTERVAL_KEYS = {"mean", "ci95", "per_step", "per_step_ci95"}
 
 
 def _finite_numbers(value: object) -> list[float]:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from vrnnkit.errors import TrainingError
 from vrnnkit.initialization import init_output_bias
 from vrnnkit.model import VRNN, VRNNOutput
+from vrnnkit.runs import read_metrics
 from vrnnkit.training.batching import (
     TrainingData,
     batches_per_epoch,
@@ -201,11 +202,12 @@ class _Run:
         self.per_epoch = batches_per_epoch(self.data, config, world)
         self.total = config.steps or (config.epochs * self.per_epoch if config.epochs else DEFAULT_STEPS)
         self.folder = RunFolder(run_dir, config, world, note_range=self.data.note_range) if world.is_main else None
-        self.step = 0
+        self.step, self.wall_offset, self.started = 0, 0.0, time.perf_counter()
         if resume:
             self.step, best = load_state(run_dir, self.model, self.optimizer, self.noise, self.device, world, config.seed)
             if self.folder is not None:
                 self.folder.resume(self.step, best)
+                self.wall_offset = _last_wall(run_dir)
         elif self.folder is not None:
             self.folder.start()
         if self.folder is not None:
@@ -283,6 +285,7 @@ class _Run:
                 "kl": out.kl.item(), "bits_per_dim": out.bits_per_dim.item(), "kl_weight": result.kl_weight,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "sequences_per_s": self.window_steps * config.batch_size * self.world.size / max(elapsed, 1e-9),
+                "wall_s": self.wall_offset + start - self.started,
             }
             published = self.average or self.model
             if self.validation is not None and len(self.validation) > 0:
@@ -327,6 +330,13 @@ def evaluate_loss(
     if padded:
         figures["val_elbo_per_step"] = elbo / max(steps, 1.0)
     return figures
+
+
+def _last_wall(run_dir: Path) -> float:
+    """The training time a resumed run had already spent (its last metrics record's)."""
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.is_file() else []
+    return float(records[-1].get("wall_s", 0.0)) if records else 0.0
 
 
 def _optimizer(model: VRNN, config: TrainConfig) -> torch.optim.Optimizer:
