@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vrnnkit import api
 from vrnnkit.cli.common import app, console, errors, friendly_errors
+from vrnnkit.errors import ConfigError
 from vrnnkit.registry import KINDS, list_blocks
 from vrnnkit.training.config import DEFAULT_STEPS, TrainConfig, block_options_from_pairs
 
@@ -76,6 +77,7 @@ RUN_OPTIONS: list[tuple[str, type, str, dict[str, Any]]] = [
     ("out", Path, "Run folder (default runs/<timestamp>; runs/latest links the newest).", {}),
     ("resume", Path, "Continue the run in this folder (e.g. runs/latest).", {}),
     ("config", Path, "A TOML file of any of these options (or a run folder's config.json); the command line overrides it.", {}),
+    ("log", str, "Also log the figures and sampled clips to a tracker: tensorboard (into RUN/tensorboard; pip install 'vrnnkit[tensorboard]').", {"metavar": "TRACKER"}),
 ]
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a union takes its first type
 BLOCK_OPTION_EXAMPLES = {"encoder": "channels=64", "decoder": "channels=64", "prior": "hidden=128",
@@ -119,7 +121,7 @@ def _parameters() -> list[inspect.Parameter]:
 
 def train_command(**given: Any) -> None:
     """Train a VRNN. With no arguments: a conv VRNN on generated bouncing balls, on the CPU."""
-    out, resume, config, quiet, nproc = (given.pop(k) for k in ("out", "resume", "config", "quiet", "nproc"))
+    out, resume, config, quiet, nproc, log = (given.pop(k) for k in ("out", "resume", "config", "quiet", "nproc", "log"))
     pairs = {kind: given.pop(f"{kind}_option") or [] for kind in KINDS}
     options = {k: v for k, v in given.items() if v is not None}
     if any(pairs.values()):
@@ -127,10 +129,13 @@ def train_command(**given: Any) -> None:
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         from vrnnkit.launch import launch_training
 
+        if log is not None:
+            raise ConfigError("--log applies to a run in one process; leave out --nproc, or --log")
+
         raise typer.Exit(launch_training(nproc, options, out=out, resume=resume, config=config, quiet=quiet))
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     with _Reporter(quiet=quiet or not main_process) as reporter:
-        result = api.train(out=out, resume=resume, config=config, on_log=reporter.log, **options)
+        result = api.train(out=out, resume=resume, config=config, on_log=reporter.log, log=log, **options)
     if not main_process:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
