@@ -216,3 +216,14 @@ def test_train_on_built_in_names_downloads_into_the_cache(serve, cache):
                        "--batch-size", "8", "--out", str(cache.parent / "run2"), "--quiet")
     assert result.exit_code == 0, result.output
     assert _files(cache / "mnist") == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_train_on_moving_mnist_offline_names_the_url_and_writes_no_run(cache, tmp_path, monkeypatch):
+    monkeypatch.setenv(catalog.MIRROR_ENV, "http://127.0.0.1:9")  # the discard port: refused
+    from tests.conftest import train_cli
+
+    result = train_cli("moving-mnist", "--steps", "1", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "http://127.0.0.1:9/mnist/t10k-images-idx3-ubyte.gz" in text and f"put it in {cache / 'mnist'}" in text
+    assert not (tmp_path / "run").exists() and [p for p in cache.rglob("*") if p.is_file()] == []
