@@ -300,3 +300,33 @@ def test_the_plugin_example_in_plugins_md_works(tmp_path, monkeypatch):
     finally:
         unregister("likelihood", "laplace")
         unregister("posterior", "gated")
+
+
+# An absolute path in the docs is a path of the machine they were written on.
+ABSOLUTE_PATH = re.compile(r"""(?:^|[\s"'`(=\[,])(/[A-Za-z][\w.+-]*(?:/[\w.+-]*)*)""", re.M)
+ALLOWED_ABSOLUTE_PATHS = {"/dev/null"}
+
+
+def _absolute_paths(text: str) -> list[str]:
+    return [m.group(1) for m in ABSOLUTE_PATH.finditer(text) if m.group(1) not in ALLOWED_ABSOLUTE_PATHS]
+
+
+def test_no_machine_paths_in_the_readme_docs_or_examples():
+    files = [*DOCS, *sorted(p for p in (ROOT / "examples").rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
+    found = [f"{path.relative_to(ROOT)}:{number}: {hit}"
+             for path in files
+             for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             for hit in _absolute_paths(line)]
+    assert found == [], "absolute paths (use the data cache, a relative path or a placeholder):\n" + "\n".join(found)
+
+
+def test_the_machine_path_check_catches_what_it_should():
+    assert _absolute_paths('mnist-dir = "/home/me/mnist"') == ["/home/me/mnist"]
+    assert _absolute_paths("vrnnkit train --out /tmp/x > /dev/null") == ["/tmp/x"]
+    assert _absolute_paths("see https://example.org/a/b, bits/dim, runs/quick, ~/.cache/vrnnkit") == []
+
+
+def test_the_readme_mentions_shell_completion():
+    assert "vrnnkit --install-completion" in (ROOT / "README.md").read_text()
+    result = CliRunner().invoke(vrnnkit.cli.app, ["--help"], env={"COLUMNS": "200"})
+    assert "--install-completion" in result.output

@@ -187,7 +187,7 @@ def test_copy_last_baseline_is_perfect_on_a_static_video() -> None:
     truth = frame.unsqueeze(1).expand(3, 5, 1, 16, 16)
     predictions = torch.rand(3, 2, 5, 1, 16, 16)
     report = prediction_metrics(predictions, truth, frame)
-    assert report["baseline"]["psnr"] == {"mean": 100.0, "ci95": 0.0, "per_step": [100.0] * 5}
+    assert report["baseline"]["psnr"] == {"mean": 100.0, "ci95": 0.0, "per_step": [100.0] * 5, "per_step_ci95": [0.0] * 5}
     assert report["baseline"]["ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert report["baseline"]["ssim"]["per_step"] == pytest.approx([1.0] * 5, abs=1e-6)
     assert report["psnr"]["best_of_n"]["mean"] < 20  # random guesses are far from it
@@ -224,7 +224,7 @@ SCHEMA = {
 LIKELIHOOD_KEYS = {"elbo", "nll", "kl", "nats_per_dim", "bits_per_dim", "iwae"}
 IWAE_KEYS = {"K", "bound", "nats_per_dim", "bits_per_dim"}
 PREDICTION_KEYS = {"skipped", "context", "horizon", "samples", "num_sequences", "psnr", "ssim", "baseline"}
-INTERVAL_KEYS = {"mean", "ci95", "per_step"}
+INTERVAL_KEYS = {"mean", "ci95", "per_step", "per_step_ci95"}
 
 
 def _finite_numbers(value: object) -> list[float]:

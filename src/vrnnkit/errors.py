@@ -22,6 +22,11 @@ class TrainingError(RunError):
     """Training cannot go on: a non-finite loss, a device that is not there, a broken run folder."""
 
 
+class DownloadError(RunError):
+    """A data set could not be downloaded: no network, a server error, a broken-off transfer,
+    or a file whose checksum is not the expected one."""
+
+
 class ConfigError(VRNNKitError, ValueError):
     """A model or training configuration is invalid (a size, a block name, a frame shape)."""
 

@@ -45,7 +45,7 @@ The schema of ``evaluate`` (and of ``vrnnkit eval --json``). Nats are natural-lo
         "samples": 100,                 # N, predictions per sequence
         "num_sequences": 256,
         "psnr": {                       # dB
-          "best_of_n": {"mean": 16.9, "ci95": 0.1, "per_step": [25.1, ...]},
+          "best_of_n": {"mean": 16.9, "ci95": 0.1, "per_step": [25.1, ...], "per_step_ci95": [0.2, ...]},
           "mean_of_n": {"mean": 14.2, "ci95": 0.1, "per_step": [...]}
         },
         "ssim": {"best_of_n": {...}, "mean_of_n": {...}},    # unitless, 1 = identical
@@ -56,12 +56,13 @@ The schema of ``evaluate`` (and of ``vrnnkit eval --json``). Nats are natural-lo
       }
     }
 
-A ``{"mean", "ci95", "per_step"}`` entry: ``per_step`` is the metric at each predicted step
+A ``{"mean", "ci95", "per_step", "per_step_ci95"}`` entry: ``per_step`` is the metric at each predicted step
 averaged over sequences (``horizon`` values; for ``best_of_n``, of the sample chosen on its
 average over the steps, so one step may fall below ``mean_of_n``); ``mean`` is the average of each sequence's
 metric over the predicted steps, averaged over sequences; ``ci95`` is 1.96 x the standard
 deviation of those per-sequence averages / sqrt(num_sequences) (the population standard
-deviation, as SRVP's ``numpy.std``). A skipped ``prediction`` holds only ``skipped``,
+deviation, as SRVP's ``numpy.std``); ``per_step_ci95`` is the same interval for each step's
+values (the bands of ``vrnnkit eval --plot``). A skipped ``prediction`` holds only ``skipped``,
 ``context``, ``horizon`` and ``samples``.
 """
 

@@ -183,12 +183,14 @@ def summarise_curves(curves: dict[str, Tensor]) -> dict[str, Any]:
 
 
 def _interval(curves: Tensor) -> dict[str, Any]:
-    """{"mean", "ci95", "per_step"} of per-sequence curves (S, H)."""
+    """{"mean", "ci95", "per_step", "per_step_ci95"} of per-sequence curves (S, H)."""
     per_sequence = curves.mean(1)
+    count = math.sqrt(per_sequence.numel())
     return {
         "mean": float(per_sequence.mean()),
-        "ci95": float(CI95_Z * per_sequence.std(correction=0) / math.sqrt(per_sequence.numel())),
+        "ci95": float(CI95_Z * per_sequence.std(correction=0) / count),
         "per_step": curves.mean(0).tolist(),
+        "per_step_ci95": (CI95_Z * curves.std(0, correction=0) / count).tolist(),
     }
 
 

@@ -25,6 +25,7 @@ from vrnnkit.api._music import (
 )
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
+from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.data.music import NoteRange
 from vrnnkit.data.sources import BUILTIN_DATA, open_source
@@ -275,6 +276,8 @@ def evaluate(
     instead: ``vrnnkit.sequence_eval.evaluate_variable_length`` (no prediction metrics), with
     per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
     step's ELBO term)."""
+    if isinstance(data, str):  # jsb-chorales: the cached file; MNIST data: the cached folder
+        data, mnist_dir = resolve_builtin(data, mnist_dir)
     if isinstance(data, (str, os.PathLike)) and str(data) not in BUILTIN_DATA and is_variable_length(str(data)):
         kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed", "bounds", "particles") if k in options}
         return evaluate_file(model, str(data), split=split, per_sequence=per_sequence, per_step=per_step,

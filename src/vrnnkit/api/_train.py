@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vrnnkit.tracking import check_tracker, open_tracker
 from vrnnkit.training import loop
 from vrnnkit.training.config import resolve_config
 from vrnnkit.training.distributed import World, broadcast_text, process_group
@@ -21,6 +22,7 @@ def train(
     config: str | os.PathLike[str] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, Any], None] | None = None,
+    log: str | None = None,
     **options: Any,
 ) -> loop.TrainResult:
     """Train a VRNN with the options and defaults of ``vrnnkit train``.
@@ -31,19 +33,28 @@ def train(
     (default ``runs/<timestamp>``, then linked as ``runs/latest``); ``resume`` a run folder to
     continue, with its own options unless ``options`` override them; ``config`` a TOML file
     (or a run folder's config.json) of options, which ``options`` override; ``on_log(record)``
-    and ``on_step(step, model)`` as in ``vrnnkit.training.train``.
+    and ``on_step(step, model)`` as in ``vrnnkit.training.train``; ``log`` a tracker
+    (``tensorboard``, see ``vrnnkit.tracking``) that also receives the figures and samples.
 
     The options are checked, block names included, before any data is read. Under
     ``torchrun`` every process calls this; it owns the process group for the run.
     """
     if data is not None:
         options["data"] = data
+    if log is not None:
+        check_tracker(log)
     train_config = resolve_config(options, resume=resume, config=config)
     with process_group(train_config.device) as world:
         run_dir = _run_dir(out, resume, world)
         if resume is None:
             check_new_run(run_dir)
-        result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step, world=world)
+        tracker = open_tracker(log, run_dir) if log is not None and world.is_main else None
+        try:
+            result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step,
+                                world=world, tracker=tracker)
+        finally:
+            if tracker is not None:
+                tracker.close()
         if resume is None and world.is_main:
             link_latest(run_dir)
         return result

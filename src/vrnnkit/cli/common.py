@@ -20,7 +20,7 @@ app = typer.Typer(
     name="vrnnkit",
     help="Variational recurrent neural networks (VRNN) for sequences and video.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 # No markup: paths and messages print as they are, brackets included.

@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import Progress
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from vrnnkit import api
-from vrnnkit.cli.common import app, errors, friendly_errors, say
+from vrnnkit.cli.common import app, errors, friendly_errors, note, say
 from vrnnkit.cli.infer import Grey, Size
+from vrnnkit.data import download
+from vrnnkit.data.catalog import DATA_ENV, DATASETS, get_dataset
 from vrnnkit.data.sources import CHUNK
 
 data_app = typer.Typer(
-    help="Generate the built-in datasets as uint8 .npy files that every vrnnkit command reads.",
+    help="Download MNIST and JSB Chorales into the data cache; generate the built-in datasets as uint8 .npy files that every vrnnkit command reads.",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -44,7 +46,7 @@ def data_bouncing_balls(
 @friendly_errors
 def data_moving_mnist(
     out: Out,
-    mnist_dir: Annotated[Path, typer.Option(help="Folder with the MNIST IDX files (.gz or raw).")],
+    mnist_dir: Annotated[Optional[Path], typer.Option(help="Folder with the MNIST IDX files (.gz or raw); default: the MNIST test set in the data cache, downloaded when missing.", show_default=False)] = None,  # noqa: UP045
     split: Annotated[str, typer.Option(help="Which MNIST files to read: train or test.")] = "test",
     digit_start: Annotated[int, typer.Option(min=0, help="First digit image to use (index).")] = 0,
     digit_stop: Annotated[Optional[int], typer.Option(help="Stop before this digit image; all by default.")] = None,  # noqa: UP045
@@ -55,7 +57,7 @@ def data_moving_mnist(
     canvas: Annotated[int, typer.Option(min=29, help="Canvas side in pixels.")] = 64,
     seed: Seed = 0,
 ) -> None:
-    """Moving MNIST from your MNIST files; pick disjoint digit ranges for training and test."""
+    """Moving MNIST from MNIST digits; pick disjoint digit ranges for training and test."""
     _write(out, "moving-mnist", count, seed=seed, length=length, mnist_dir=mnist_dir, split=split,
            digit_start=digit_start, digit_stop=digit_stop, stochastic=stochastic, digits=digits, canvas=canvas)
 
@@ -73,6 +75,29 @@ def data_convert(
     """Resize and convert a video or sequence file once (e.g. a long .mp4 to 64x64 grey), into a .npy file every command reads fast."""
     shape = api.convert_file(input, out, size=size, grey=grey, layout=layout, key=key)
     say(f"wrote {out}: {shape[0]} sequence(s) of shape {shape[1:]}")
+
+
+@data_app.command("download")
+@friendly_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help=f"The data set: {', '.join(DATASETS)}.", show_default=False)],
+    cache_dir: Annotated[Optional[Path], typer.Option(help=f"The cache folder (default: ${DATA_ENV}, else the user cache folder).", show_default=False)] = None,  # noqa: UP045
+) -> None:
+    """Download a data set into the cache (verified by SHA-256), or check the copy there."""
+    dataset = get_dataset(name)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=errors, disable=not errors.is_terminal) as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(file: str, done: int, total: int | None) -> None:
+            if file not in tasks:
+                tasks[file] = progress.add_task(file, total=total)
+                if not errors.is_terminal:
+                    note(f"downloading {dataset.url(next(f for f in dataset.files if f.name == file))}")
+            progress.update(tasks[file], completed=done, total=total)
+
+        folder = download.fetch(name, cache_dir, on_progress=report)
+    say(f"{name}: {folder} ({', '.join(f.name for f in dataset.files)}; SHA-256 checked)")
 
 
 def _write(out: Path, name: str, count: int, **options: Any) -> None:

@@ -121,7 +121,7 @@ def _prediction_table(report: dict[str, Any]) -> Table:
 @app.command("eval")
 @friendly_errors
 def evaluate_command(
-    data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences).")] = "bouncing-balls",
+    data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences) / jsb-chorales (test split).")] = "bouncing-balls",
     ckpt: Ckpt = None,
     bound: Annotated[str, typer.Option(help="Bounds on log p(x) to report, comma-separated: elbo, iwae, fivo (the ELBO always).")] = "elbo,iwae",
     particles: Annotated[Opt[int], typer.Option(min=1, help="K, the samples of the IWAE bound and the particles of FIVO (default --iwae-samples).", show_default=False)] = None,
@@ -132,7 +132,7 @@ def evaluate_command(
     num_sequences: Annotated[int, typer.Option(min=1, help="Built-in data: how many test sequences to generate.")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per batch.")] = 16,
     chunk_size: Annotated[Opt[int], typer.Option(min=1, help="Importance samples per pass (bounds memory).", show_default=False)] = None,
-    mnist_dir: Annotated[Opt[str], typer.Option(help="Folder with the MNIST IDX files (moving-mnist, seq-mnist).", show_default=False)] = None,
+    mnist_dir: Annotated[Opt[str], typer.Option(help="Folder with the MNIST IDX files (moving-mnist, seq-mnist); default: the MNIST download in the data cache.", show_default=False)] = None,
     layout: Annotated[Opt[str], typer.Option(help="Layout of a data file (guessed by default).", show_default=False)] = None,
     size: Size = None,
     grey: Grey = False,
@@ -140,12 +140,16 @@ def evaluate_command(
     split: Split = None,
     per_sequence: Annotated[Opt[Path], typer.Option(help="Sequences of different lengths: write each sequence's ELBO and IWAE bound here (.csv or .json).", show_default=False)] = None,
     per_step: Annotated[bool, typer.Option("--per-step", help="Add each time step's ELBO term to the --per-sequence file.", **Flag)] = False,
+    plot: Annotated[Opt[Path], typer.Option(help="Draw PSNR and SSIM per predicted step (best-of-N, mean-of-N with 95% bands, copy-last) to this .png/.pdf/.svg.", show_default=False)] = None,
     seed: Seed = 0,
 ) -> None:
     """Measure a model: ELBO, the importance-weighted bound, and video prediction (SRVP protocol);
     for sequences of different lengths (a note-list .json, ...), the bounds per time step."""
+    model = _load(ckpt)
+    if plot is not None:
+        _check_plot(plot, model)
     report = api.evaluate(
-        _load(ckpt), data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
+        model, data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
         iwae_samples=iwae_samples, bounds=bound, particles=particles, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
         chunk_size=chunk_size, seed=seed, split=split, per_sequence=per_sequence, per_step=per_step,
     )
@@ -157,6 +161,21 @@ def evaluate_command(
         _print_report(report)
     if json_out is not None:
         say(f"wrote {json_out}")
+    if plot is not None:
+        from vrnnkit.plots import plot_prediction
+
+        say(f"wrote {plot_prediction(report.get('prediction', {'skipped': 'no prediction for this data'}), plot)}")
+
+
+def _check_plot(plot: Path, model: Any) -> None:
+    """--plot: a writable figure path, and a model whose predictions are images."""
+    from vrnnkit.errors import ConfigError
+    from vrnnkit.plots import check_plot_path
+
+    check_plot_path(plot, "--plot")
+    if not model.config.is_image:
+        raise ConfigError("--plot draws PSNR and SSIM per predicted step, which need a model of image frames; "
+                          "this model's frames are vectors")
 
 
 def _print_step_report(report: dict[str, Any], per_sequence: Path | None) -> None:

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vrnnkit import api
 from vrnnkit.cli.common import app, console, errors, friendly_errors
+from vrnnkit.errors import ConfigError
 from vrnnkit.registry import KINDS, list_blocks
 from vrnnkit.training.config import DEFAULT_STEPS, TrainConfig, block_options_from_pairs
 
@@ -28,7 +29,7 @@ DATA, MODEL, OPTIMISATION, RUN = "Data", "Model", "Optimisation", "Run"
 
 # (option, panel, help, extra typer.Option settings); the order of --help.
 OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("mnist_dir", DATA, "Folder with the MNIST IDX files (moving-mnist, seq-mnist).", {}),
+    ("mnist_dir", DATA, "Folder with the MNIST IDX files (moving-mnist, seq-mnist); default: the MNIST download in the data cache.", {}),
     ("layout", DATA, "Layout of a data file, e.g. NTHW, TNHW, NTD (guessed by default).", {}),
     ("size", DATA, "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging when shrinking, bilinear when enlarging; at least 8.", {"metavar": "SIZE|HxW"}),
     ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
@@ -79,6 +80,7 @@ RUN_OPTIONS: list[tuple[str, type, str, dict[str, Any]]] = [
     ("out", Path, "Run folder (default runs/<timestamp>; runs/latest links the newest).", {}),
     ("resume", Path, "Continue the run in this folder (e.g. runs/latest).", {}),
     ("config", Path, "A TOML file of any of these options (or a run folder's config.json); the command line overrides it.", {}),
+    ("log", str, "Also log the figures and sampled clips to a tracker: tensorboard (into RUN/tensorboard; pip install 'vrnnkit[tensorboard]').", {"metavar": "TRACKER"}),
 ]
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a union takes its first type
 BLOCK_OPTION_EXAMPLES = {"encoder": "channels=64", "decoder": "channels=64", "prior": "hidden=128",
@@ -95,7 +97,7 @@ def _parameters() -> list[inspect.Parameter]:
 
     data_help = ("A .npy/.npz/.gif/.mp4 file; sequences of different lengths: a note-list .json (train split, "
                  "valid for validation), a .npz of several arrays or with lengths, a folder of .npy/.mid files; "
-                 "or bouncing-balls (default), moving-mnist, seq-mnist.")
+                 "or bouncing-balls (default), moving-mnist, seq-mnist, jsb-chorales (downloaded into the data cache when missing).")
     params = [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
         Optional[str], typer.Argument(help=data_help, show_default=False)])]  # noqa: UP045
     for name, panel, text, extra in OPTIONS:
@@ -122,7 +124,7 @@ def _parameters() -> list[inspect.Parameter]:
 
 def train_command(**given: Any) -> None:
     """Train a VRNN. With no arguments: a conv VRNN on generated bouncing balls, on the CPU."""
-    out, resume, config, quiet, nproc = (given.pop(k) for k in ("out", "resume", "config", "quiet", "nproc"))
+    out, resume, config, quiet, nproc, log = (given.pop(k) for k in ("out", "resume", "config", "quiet", "nproc", "log"))
     pairs = {kind: given.pop(f"{kind}_option") or [] for kind in KINDS}
     options = {k: v for k, v in given.items() if v is not None}
     if any(pairs.values()):
@@ -130,10 +132,13 @@ def train_command(**given: Any) -> None:
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         from vrnnkit.launch import launch_training
 
+        if log is not None:
+            raise ConfigError("--log applies to a run in one process; leave out --nproc, or --log")
+
         raise typer.Exit(launch_training(nproc, options, out=out, resume=resume, config=config, quiet=quiet))
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone reports
     with _Reporter(quiet=quiet or not main_process) as reporter:
-        result = api.train(out=out, resume=resume, config=config, on_log=reporter.log, **options)
+        result = api.train(out=out, resume=resume, config=config, on_log=reporter.log, log=log, **options)
     if not main_process:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:

@@ -16,7 +16,9 @@ import numpy as np
 
 from vrnnkit._checks import is_count
 from vrnnkit.data.balls import bouncing_balls
+from vrnnkit.data.catalog import BUILTIN_FILE_DATA
 from vrnnkit.data.datasets import WindowDataset, train_val_split
+from vrnnkit.data.download import fetch
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.mnist import load_mnist, sequential_mnist
 from vrnnkit.data.moving_mnist import moving_mnist
@@ -45,7 +47,8 @@ def open_source(
     and converted to grey (``grey``) as they are read.
 
     Built-in datasets are generated (``count`` sequences of ``length`` frames; bouncing balls
-    at a square ``size`` are drawn at that size); ``held_out`` gives evaluation data that
+    at a square ``size`` are drawn at that size); the MNIST ones read ``mnist_dir``, by default
+    the MNIST test set in the data cache (downloaded when missing); ``held_out`` gives evaluation data that
     training never sees: other random draws for bouncing balls, the last 2,000 MNIST digits for
     the MNIST datasets. Anything else is a file (:func:`vrnnkit.data.open_sequences`).
     """
@@ -55,8 +58,8 @@ def open_source(
         videos = np.rint(bouncing_balls(count, length=length, size=side, seed=rng) * 255).astype(np.uint8)
         return SequenceArray(videos, layout="NTHW", source="bouncing-balls", resize=size, grey=grey)
     if data in ("moving-mnist", "seq-mnist"):
-        if mnist_dir is None:
-            raise ConfigError(f"data {data!r} needs --mnist-dir: a folder with the MNIST IDX files")
+        if mnist_dir is None:  # the MNIST test set, from the cache (downloaded when missing)
+            mnist_dir = str(fetch("mnist"))
         images, _ = load_mnist(mnist_dir, split="test")
         digits = np.arange(MNIST_TRAIN_DIGITS, len(images)) if held_out else np.arange(min(MNIST_TRAIN_DIGITS, len(images)))
         if data == "moving-mnist":
@@ -65,13 +68,14 @@ def open_source(
         return SequenceArray(sequential_mnist(images[digits]), layout="NTD", source="seq-mnist", resize=size, grey=grey)
     path = Path(data)
     if not path.exists() and "." not in path.name:
-        raise ConfigError(f"data {data!r} is neither a file nor a built-in dataset ({', '.join(BUILTIN_DATA)})")
+        known = ", ".join((*BUILTIN_DATA, *BUILTIN_FILE_DATA))
+        raise ConfigError(f"data {data!r} is neither a file nor a built-in dataset ({known})")
     return open_sequences(path, layout=layout, resize=size, grey=grey or None)
 
 
 def check_source(data: str, layout: str | None = None, size: tuple[int, int] | None = None, grey: bool = False) -> None:
     """Open a data file once to check it (a built-in name needs no check)."""
-    if data not in BUILTIN_DATA:
+    if data not in BUILTIN_DATA and data not in BUILTIN_FILE_DATA:
         open_source(data, count=1, length=1, seed=0, layout=layout, size=size, grey=grey)
 
 
@@ -137,8 +141,11 @@ def dataset_generator(
         return (length, size, size), draw_balls
     if name != "moving-mnist":
         raise ConfigError(f"unknown generated data set {name!r}; expected one of {', '.join(GENERATED_DATA)}")
-    if mnist_dir is None:
-        raise ConfigError("moving-mnist needs mnist_dir (--mnist-dir): a folder with the MNIST IDX files")
+    if mnist_dir is None:  # the cached MNIST download holds the test split only
+        if split != "test":
+            raise ConfigError("the MNIST download holds the test split only; pass --mnist-dir with your own "
+                              "copy of the training files for --split train")
+        mnist_dir = fetch("mnist")
     images, _ = load_mnist(mnist_dir, split=split)
     stop = len(images) if digit_stop is None else digit_stop
     if not digit_start < stop <= len(images):

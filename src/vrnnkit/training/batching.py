@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.music import NoteRange
 from vrnnkit.data.sources import BUILTIN_DATA, build_dataset
 from vrnnkit.data.varlen import LengthBucketSampler, pad_collate
@@ -54,8 +55,9 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig) -> TrainingData:
     """The data ``config`` names, opened and split (frame checks before the run folder exists)."""
-    if config.data not in BUILTIN_DATA and is_variable_length(config.data):
-        data = open_variable_length(config.data, seq_len=config.seq_len, val_fraction=config.val_fraction,
+    name, mnist_dir = resolve_builtin(config.data, config.mnist_dir)  # downloads what is missing
+    if name not in BUILTIN_DATA and is_variable_length(name):
+        data = open_variable_length(name, seq_len=config.seq_len, val_fraction=config.val_fraction,
                                     seed=config.seed, fps=config.fps)
         if config.model.likelihood_support == "unit-interval":
             bad = next((i for i, s in enumerate(data.sequences) if s.min() < 0 or s.max() > 1), None)
@@ -67,8 +69,8 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         raise ConfigError("--seq-len 0 (whole sequences) applies to sequences of different lengths "
                           "(a note-list .json, a .npz of several arrays, a folder); give a window length")
     training, validation, frame_shape = build_dataset(
-        config.data, count=config.num_sequences, seq_len=config.seq_len, seed=config.seed,
-        val_fraction=config.val_fraction, mnist_dir=config.mnist_dir, layout=config.layout,
+        name, count=config.num_sequences, seq_len=config.seq_len, seed=config.seed,
+        val_fraction=config.val_fraction, mnist_dir=mnist_dir, layout=config.layout,
         unit_interval=config.model.likelihood_support == "unit-interval", size=config.frame_size, grey=config.grey,
     )
     return TrainingData(training, validation, frame_shape)

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from vrnnkit.errors import TrainingError
 from vrnnkit.initialization import init_output_bias
 from vrnnkit.model import VRNN, VRNNOutput
+from vrnnkit.runs import read_metrics
 from vrnnkit.training.batching import (
     TrainingData,
     batches_per_epoch,
@@ -132,6 +133,7 @@ def train(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, VRNN], None] | None = None,
     world: World | None = None,
+    tracker: Any = None,
 ) -> TrainResult:
     """Train a VRNN as ``config`` says, writing the run folder ``out``.
 
@@ -139,7 +141,8 @@ def train(
     every metrics record (also written to ``metrics.jsonl``), and a first record with
     ``event: "start"``; ``on_step(step, model)`` is called after every optimizer step. SIGINT
     (Ctrl-C) and SIGTERM stop the run at the end of the current step, save it and return with
-    ``interrupted=True``.
+    ``interrupted=True``. ``tracker`` (a ``vrnnkit.tracking`` tracker, rank 0's) receives the
+    figures of every metrics record and, at each validation, a few clips sampled from the prior.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this function inside a process
     group (``vrnnkit.train`` sets one up; see ``process_group``): the model is wrapped in
@@ -150,6 +153,7 @@ def train(
     world = world or current_world()
     require_group(world)
     run = _Run(config, Path(out), world, resume, on_log if world.is_main else None)
+    run.tracker = tracker if world.is_main else None
     interrupted = False
     loop_start = time.perf_counter()
     with _InterruptFlag() as stop:
@@ -204,11 +208,12 @@ class _Run:
         self.per_epoch = batches_per_epoch(self.data, config, world)
         self.total = config.steps or (config.epochs * self.per_epoch if config.epochs else DEFAULT_STEPS)
         self.folder = RunFolder(run_dir, config, world, note_range=self.data.note_range) if world.is_main else None
-        self.step = 0
+        self.step, self.wall_offset, self.started, self.tracker = 0, 0.0, time.perf_counter(), None
         if resume:
             self.step, best = load_state(run_dir, self.model, self.optimizer, self.noise, self.device, world, config.seed)
             if self.folder is not None:
                 self.folder.resume(self.step, best)
+                self.wall_offset = _last_wall(run_dir)
         elif self.folder is not None:
             self.folder.start()
         if self.folder is not None:
@@ -286,6 +291,7 @@ class _Run:
                 "kl": out.kl.item(), "bits_per_dim": out.bits_per_dim.item(), "kl_weight": result.kl_weight,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "sequences_per_s": self.window_steps * config.batch_size * self.world.size / max(elapsed, 1e-9),
+                "wall_s": self.wall_offset + start - self.started,
             }
             published = self.average or self.model
             if self.validation is not None and len(self.validation) > 0:
@@ -296,10 +302,28 @@ class _Run:
                 failure = error
             if failure is None:
                 self._log({**self.metrics, "total": self.total})
+                self._track(published)
         if any_rank(failure is not None, self.world):
             raise failure or TrainingError(f"rank 0 could not save step {self.step}; see its message")
         self.timings["periodic"] += time.perf_counter() - start
         self.window_start, self.window_steps = time.perf_counter(), 0
+
+
+    def _track(self, published: VRNN) -> None:
+        """The figures to the tracker; at a validation, also four clips sampled from the prior."""
+        if self.tracker is None:
+            return
+        self.tracker.log_scalars(self.step, self.metrics)
+        if "val_loss" in self.metrics:
+            was_training = published.training
+            published.eval()
+            try:
+                with torch.no_grad():
+                    generator = torch.Generator().manual_seed(self.config.seed)
+                    clips = published.sample(4, self.config.seq_len or 32, generator=generator)
+            finally:
+                published.train(was_training)
+            self.tracker.log_samples(self.step, clips)
 
 
 @torch.no_grad()
@@ -344,6 +368,13 @@ def evaluate_loss(
         if bound_name is not None:
             figures[f"{bound_name}_per_step"] = sums["bound"] / max(steps, 1.0)
     return figures
+
+
+def _last_wall(run_dir: Path) -> float:
+    """The training time a resumed run had already spent (its last metrics record's)."""
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.is_file() else []
+    return float(records[-1].get("wall_s", 0.0)) if records else 0.0
 
 
 def _optimizer(model: VRNN, config: TrainConfig) -> torch.optim.Optimizer:
