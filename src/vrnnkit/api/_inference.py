@@ -25,10 +25,12 @@ from vrnnkit.api._music import (
 )
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
+from vrnnkit.data.files import VIDEO_SUFFIXES
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.data.music import NoteRange
 from vrnnkit.data.sources import BUILTIN_DATA, open_source
 from vrnnkit.data.varlen_source import is_variable_length
+from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
 from vrnnkit.metrics import prediction_metrics
@@ -208,6 +210,7 @@ def read_input(
         raise ConfigError("--resize takes the size from the model; give --size or --resize, not both")
     if resize and image:
         size, grey = shape[1:], grey or shape[0] == 1
+    _check_video_size(Path(path), shape, parse_size(size))
     data = load_sequences(path, layout=layout, resize=parse_size(size), grey=True if grey else None)
     if model.config.likelihood_support == "unit-interval":
         check_unit_range(data, str(path))
@@ -218,6 +221,18 @@ def read_input(
         raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}"
                         f"{shape_hint(tuple(videos.shape[2:]), shape, resize_option=True)}")
     return videos.contiguous()
+
+
+def _check_video_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None) -> None:
+    """Refuse a video whose frames cannot fit the model, from its metadata, before decoding it."""
+    if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
+        return
+    found = frame_size(path, size)
+    if found is not None and len(shape) == 3 and tuple(found) != tuple(shape[1:]):
+        raise DataError(
+            f"{path} has frames of {format_size(found)} pixels (HEIGHTxWIDTH, from its metadata); the model was trained "
+            f"on {format_size(shape[1:])}; pass --size {format_size(shape[1:])} (or --resize, which also matches its channels)"
+        )
 
 
 def shape_hint(found: tuple[int, ...], wanted: tuple[int, ...], *, resize_option: bool = False) -> str:
