@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 from vrnnkit.training import loop
 from vrnnkit.training.config import resolve_config
 from vrnnkit.training.distributed import World, broadcast_text, process_group
+from vrnnkit.training.lock import run_lock
 from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir
 
 
@@ -43,7 +45,9 @@ def train(
         run_dir = _run_dir(out, resume, world)
         if resume is None:
             check_new_run(run_dir)
-        result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step, world=world)
+        # Rank 0 alone writes the run folder, so it alone holds the lock.
+        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
+            result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step, world=world)
         if resume is None and world.is_main:
             link_latest(run_dir)
         return result
