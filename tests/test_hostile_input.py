@@ -204,7 +204,7 @@ def test_a_video_too_large_for_the_model_is_refused_before_decoding(tmp_path, ck
     mp4 = _mp4(tmp_path / "wide.mp4", 64, 12)
     _no_decoding(monkeypatch)
     for video in (gif, mp4):
-        _fails(["predict", video, "--ckpt", ckpt, "--out", tmp_path / "p.gif"], "from its metadata", "--size 16x16")
+        _fails(["predict", video, "--ckpt", ckpt, "--out", tmp_path / "p.gif"], "(from its metadata)", "--size 16x16 --grey")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.gif", "wide.mp4"]
 
 
@@ -272,3 +272,65 @@ def test_a_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
     (run / LOCK_NAME).write_text('{"pid": 999999, "host": "gone", "since": "yesterday"}', encoding="utf-8")
     with run_lock(run):
         assert json.loads((run / LOCK_NAME).read_text(encoding="utf-8"))["pid"] == os.getpid()
+
+
+# ----------------------------------------------------------------------------- a lost process
+
+
+def _descendants(pid: int) -> list[int]:
+    found, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            children = [int(c) for c in task.read_text().split()]
+            found += children
+            queue += children
+    return found
+
+
+def _rank(pid: int) -> str | None:
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return next((item[5:].decode() for item in environment if item.startswith(b"RANK=")), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the processes through Linux's /proc")
+def test_a_killed_process_stops_the_others_with_its_rank_and_the_run_resumes(tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "bits.npy"
+    np.save(data, (np.random.default_rng(0).random((32, 8, 6)) < 0.5).astype(np.float32))
+    out = tmp_path / "run"
+    tiny = ["--layout", "NTD", "--h-dim", "8", "--z-dim", "2", "--seq-len", "4", "--batch-size", "4", "--every", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "VRNNKIT_DDP_TIMEOUT": "30"}
+    env.pop("WORLD_SIZE", None)
+    process = subprocess.Popen([sys.executable, "-m", "vrnnkit", "train", str(data), *tiny, "--nproc", "2", "--steps", "1000000",
+                                "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "model.safetensors").is_file():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "training never saved"
+            time.sleep(0.2)
+        victim = next(pid for pid in _descendants(process.pid) if _rank(pid) == "1")
+        os.kill(victim, signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=120)
+        stopped = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 1, stderr
+    assert stopped < 60
+    assert "training process 1 was killed (SIGKILL)" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert not (out / LOCK_NAME).exists()
+    step = int(vrnnkit.read_metadata(out / "model.safetensors")["step"])
+    resumed = runner.invoke(app, ["train", "--resume", str(out), "--steps", str(step + 1), "-q"], env=ENV)
+    assert resumed.exit_code == 0, resumed.output

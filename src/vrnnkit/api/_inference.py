@@ -210,7 +210,7 @@ def read_input(
         raise ConfigError("--resize takes the size from the model; give --size or --resize, not both")
     if resize and image:
         size, grey = shape[1:], grey or shape[0] == 1
-    _check_video_size(Path(path), shape, parse_size(size))
+    _check_video_size(Path(path), shape, parse_size(size), grey)
     data = load_sequences(path, layout=layout, resize=parse_size(size), grey=True if grey else None)
     if model.config.likelihood_support == "unit-interval":
         check_unit_range(data, str(path))
@@ -223,16 +223,16 @@ def read_input(
     return videos.contiguous()
 
 
-def _check_video_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None) -> None:
-    """Refuse a video whose frames cannot fit the model, from its metadata, before decoding it."""
+def _check_video_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None, grey: bool) -> None:
+    """Refuse a video whose frames cannot fit the model, from its metadata, before decoding it
+    (its channels are known only once decoded: 3, or 1 with ``grey``)."""
     if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
         return
     found = frame_size(path, size)
     if found is not None and len(shape) == 3 and tuple(found) != tuple(shape[1:]):
-        raise DataError(
-            f"{path} has frames of {format_size(found)} pixels (HEIGHTxWIDTH, from its metadata); the model was trained "
-            f"on {format_size(shape[1:])}; pass --size {format_size(shape[1:])} (or --resize, which also matches its channels)"
-        )
+        frames = (1 if grey else 3, *found)
+        raise DataError(f"{path} has frames of shape {frames} (from its metadata); the model was trained on {shape}"
+                        f"{shape_hint(frames, shape, resize_option=True)}")
 
 
 def shape_hint(found: tuple[int, ...], wanted: tuple[int, ...], *, resize_option: bool = False) -> str:

@@ -27,13 +27,15 @@ except ImportError:  # pragma: no cover (Windows)
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".vrnnkit.lock"
+HELD_ENV = "VRNNKIT_RUN_LOCK_HELD"
+"""Set by ``vrnnkit train --nproc`` for its processes: the run folder whose lock it holds for them."""
 
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block; TrainingError names the holder when another
     process has it. A folder that does not exist yet needs no lock (nothing to interleave)."""
-    if fcntl is None or not run_dir.is_dir():
+    if fcntl is None or not run_dir.is_dir() or os.environ.get(HELD_ENV) == str(run_dir.resolve()):
         yield
         return
     path = run_dir / LOCK_NAME
