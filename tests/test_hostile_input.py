@@ -142,6 +142,17 @@ def test_a_billion_generated_sequences_are_refused_before_generating(tmp_path, m
     assert not (tmp_path / "run").exists()
 
 
+def test_sampling_or_predicting_more_than_memory_holds_is_refused(tmp_path, ckpt, monkeypatch):
+    monkeypatch.setattr(vrnnkit.VRNN, "sample", lambda *a, **k: pytest.fail("sampled"))
+    monkeypatch.setattr(vrnnkit.VRNN, "predict", lambda *a, **k: pytest.fail("predicted"))
+    _fails(["sample", "--ckpt", ckpt, "--num", "1000000", "--steps", "1000000", "--out", tmp_path / "s.gif"],
+           "1,000,000 clips of 1,000,000 frames needs", "lower --num or --steps")
+    np.save(tmp_path / "clip.npy", np.zeros((2, 8, 16, 16), np.uint8))
+    _fails(["predict", tmp_path / "clip.npy", "--ckpt", ckpt, "--samples", "1000000000", "--out", tmp_path / "p.gif"],
+           "1,000,000,000 futures of 3 frames for each of 2 sequences")
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.npy"]
+
+
 def test_the_memory_to_assume_comes_from_the_environment(tmp_path, monkeypatch):
     _no_build(monkeypatch)
     _fails(["train", "--h-dim", "2000", "--num-sequences", "20", "--out", tmp_path / "run"], "this machine has 64.0 MiB available",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +24,7 @@ from vrnnkit.api._music import (
     read_sequences_input,
     write_rolls,
 )
+from vrnnkit.budget import require_memory
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
 from vrnnkit.data.files import VIDEO_SUFFIXES
@@ -70,6 +72,7 @@ def sample(
         (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))
     if mean is None:
         mean = not (out is not None and Path(out).suffix.lower() in MUSIC_SUFFIXES)
+    _check_output_memory(model, num * steps, f"{num:,} clips of {steps:,} frames", "lower --num or --steps")
     clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean)
     if out is not None and music:
         write_rolls(Path(out), clips, model_note_range(model, note_range))
@@ -121,6 +124,8 @@ def predict(
     if require_metrics and not (has_truth and image):
         reason = "PSNR and SSIM apply to image frames" if not image else f"{source} has no {horizon} frames after the context to compare with"
         raise DataError(f"--json needs metrics: {reason}")
+    _check_output_memory(model, len(videos) * samples * horizon, f"{samples:,} futures of {horizon:,} frames for each of "
+                         f"{len(videos):,} sequences", "lower --samples or --horizon")
     futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False)
     result = Prediction(videos[:, :context], futures, truth if has_truth else None)
     if has_truth and image:
@@ -221,6 +226,13 @@ def read_input(
         raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}"
                         f"{shape_hint(tuple(videos.shape[2:]), shape, resize_option=True)}")
     return videos.contiguous()
+
+
+def _check_output_memory(model: VRNN, frames: int, what: str, fix: str) -> None:
+    """Refuse (ConfigError) to generate ``frames`` frames that cannot fit in memory (float32,
+    twice: the frames and what is rendered from them)."""
+    size = math.prod(model.config.frame_shape) * 4 * 2
+    require_memory(frames * size, what, purpose="in memory", fix=fix)
 
 
 def _check_video_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None, grey: bool) -> None:
