@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from vrnnkit._atomic import atomic_path
 from vrnnkit._version import __version__
+from vrnnkit.checkpoint_shapes import listed_tensors, materialise, model_for_header
 from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, VRNNKitError, file_problem
 from vrnnkit.model import VRNN
@@ -71,22 +72,22 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device | None = None) -> VRNN:
-    """Rebuild the model saved at ``path`` from that file alone, on ``device`` (default CPU)."""
+    """Rebuild the model saved at ``path`` from that file alone, on ``device`` (default CPU).
+
+    The header's config is checked against the tensors the header lists before any weight is
+    read (:mod:`vrnnkit.checkpoint_shapes`), so a load takes about the file's size in memory."""
     source = _check_file(path)
     try:
         with safe_open(str(source), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             _check_header(source, metadata)
+            config = _config(source, metadata)
+            model = model_for_header(source, config, listed_tensors(handle))
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{source} is not a readable safetensors file ({_reason(error)})") from None
     try:
-        config = VRNNConfig.from_json(metadata["config"])
-        model = VRNN(config)
-    except VRNNKitError as error:
-        raise CheckpointError(f"{source}: its model config cannot be rebuilt: {error}") from None
-    try:
-        model.load_state_dict(tensors, strict=True)
+        model = materialise(model, tensors, config)
     except RuntimeError as error:
         first = str(error).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
@@ -94,6 +95,13 @@ def load(path: str | os.PathLike[str], device: str | torch.device | None = None)
     if device is not None:
         model = model.to(device)
     return model
+
+
+def _config(source: Path, metadata: Mapping[str, str]) -> VRNNConfig:
+    try:
+        return VRNNConfig.from_json(metadata["config"])
+    except VRNNKitError as error:
+        raise CheckpointError(f"{source}: its model config cannot be rebuilt: {error}") from None
 
 
 def _check_file(path: str | os.PathLike[str]) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 from vrnnkit._atomic import write_json
 from vrnnkit.data.sources import check_source
 from vrnnkit.training.config import resolve_config
+from vrnnkit.training.lock import HELD_ENV, run_lock
 from vrnnkit.training.run_dir import check_new_run, new_run_dir
 
 
@@ -32,10 +33,6 @@ def launch_training(
     quiet: bool,
 ) -> int:
     """Run ``vrnnkit train`` with ``options`` in ``nproc`` processes; return the exit code."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     # Check the options and the data here, once, rather than letting every process fail on them.
     train_config = resolve_config(options, resume=resume, config=config)
     check_source(train_config.data, train_config.layout, train_config.frame_size, train_config.grey)
@@ -43,6 +40,20 @@ def launch_training(
     if resume is None:
         check_new_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        os.environ[HELD_ENV] = str(run_dir.resolve())  # the processes below train under this lock
+        try:
+            return _launch(nproc, train_config, run_dir, resume=resume, quiet=quiet)
+        finally:
+            os.environ.pop(HELD_ENV, None)
+
+
+def _launch(nproc: int, train_config: Any, run_dir: Path, *, resume: Path | None, quiet: bool) -> int:
+    """Start the processes of a checked config, in a locked run folder; their exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     resolved = run_dir / "config.json"
     write_json(resolved, {"train": train_config.to_dict()})
     args = ["-m", "vrnnkit", "train", "--config", str(resolved)]
@@ -62,6 +73,7 @@ def launch_training(
     try:
         elastic_launch(launch, sys.executable)(*args)
     except ChildFailedError as error:
+        _report_killed(error.failures, run_dir, nproc)
         codes = [failure.exitcode for failure in error.failures.values()]
         return next((code for code in codes if code in (1, 2, 130)), 1)
     except SignalException:
@@ -69,3 +81,17 @@ def launch_training(
         # and rank 0 said how to continue; the launcher has waited for them.
         return 130
     return 0
+
+
+def _report_killed(failures: dict[int, Any], run_dir: Path, nproc: int) -> None:
+    """Name the processes a signal killed (they could not say it themselves)."""
+    import signal
+
+    for rank, failure in sorted(failures.items()):
+        if failure.exitcode < 0:
+            try:
+                name = signal.Signals(-failure.exitcode).name
+            except ValueError:
+                name = f"signal {-failure.exitcode}"
+            print(f"error: training process {rank} was killed ({name}); the others stopped; continue from the last save "
+                  f"with: vrnnkit train --resume {run_dir} --nproc {nproc}", file=sys.stderr, flush=True)

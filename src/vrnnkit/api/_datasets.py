@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from vrnnkit._atomic import atomic_path
+from vrnnkit.budget import format_bytes
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.frames import parse_size
 from vrnnkit.data.sources import generate_chunks, generate_dataset
@@ -32,6 +35,7 @@ def write_dataset(
     total)`` after each chunk. Returns the array's shape."""
     out = _check_npy_output(out)
     frame_shape, chunks = generate_chunks(name, count, seed=seed, **options)
+    _check_disk(out, count * math.prod(frame_shape))
     with atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, *frame_shape))
         done = 0
@@ -69,6 +73,7 @@ def convert_file(
     stored = frame if len(frame) == 1 else frame[1:] if frame[0] == 1 else (*frame[1:], frame[0])
     shape = (len(sequences), sequences.num_frames, *stored)
     as_bytes = sequences.dtype in (np.uint8, np.bool_)
+    _check_disk(out, math.prod(shape) * (1 if as_bytes else 4))
     with atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8 if as_bytes else np.float32, shape=shape)
         for index in range(len(sequences)):
@@ -81,6 +86,16 @@ def convert_file(
         array.flush()
         del array
     return shape
+
+
+def _check_disk(out: Path, needed: int) -> None:
+    """Refuse (ConfigError) a file of ``needed`` bytes that the disk holding ``out`` has no room for."""
+    free = shutil.disk_usage(out.parent).free
+    if needed > free:
+        raise ConfigError(
+            f"cannot write {out}: {format_bytes(needed)} of sequences, and its folder's disk has "
+            f"{format_bytes(free)} free"
+        )
 
 
 def _check_npy_output(out: str | os.PathLike[str]) -> Path:

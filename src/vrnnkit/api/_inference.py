@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,13 +24,16 @@ from vrnnkit.api._music import (
     read_sequences_input,
     write_rolls,
 )
+from vrnnkit.budget import require_memory
 from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
 from vrnnkit.data.download import resolve_builtin
+from vrnnkit.data.files import VIDEO_SUFFIXES
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.data.music import NoteRange
 from vrnnkit.data.sources import BUILTIN_DATA, open_source
 from vrnnkit.data.varlen_source import is_variable_length
+from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
 from vrnnkit.metrics import prediction_metrics
@@ -69,6 +73,7 @@ def sample(
         (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))
     if mean is None:
         mean = not (out is not None and Path(out).suffix.lower() in MUSIC_SUFFIXES)
+    _check_output_memory(model, num * steps, f"{num:,} clips of {steps:,} frames", "lower --num or --steps")
     clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean)
     if out is not None and music:
         write_rolls(Path(out), clips, model_note_range(model, note_range))
@@ -120,6 +125,8 @@ def predict(
     if require_metrics and not (has_truth and image):
         reason = "PSNR and SSIM apply to image frames" if not image else f"{source} has no {horizon} frames after the context to compare with"
         raise DataError(f"--json needs metrics: {reason}")
+    _check_output_memory(model, len(videos) * samples * horizon, f"{samples:,} futures of {horizon:,} frames for each of "
+                         f"{len(videos):,} sequences", "lower --samples or --horizon")
     futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False)
     result = Prediction(videos[:, :context], futures, truth if has_truth else None)
     if has_truth and image:
@@ -209,6 +216,7 @@ def read_input(
         raise ConfigError("--resize takes the size from the model; give --size or --resize, not both")
     if resize and image:
         size, grey = shape[1:], grey or shape[0] == 1
+    _check_video_size(Path(path), shape, parse_size(size), grey)
     data = load_sequences(path, layout=layout, resize=parse_size(size), grey=True if grey else None)
     if model.config.likelihood_support == "unit-interval":
         check_unit_range(data, str(path))
@@ -219,6 +227,25 @@ def read_input(
         raise DataError(f"{path} has frames of shape {tuple(videos.shape[2:])}; the model was trained on {shape}"
                         f"{shape_hint(tuple(videos.shape[2:]), shape, resize_option=True)}")
     return videos.contiguous()
+
+
+def _check_output_memory(model: VRNN, frames: int, what: str, fix: str) -> None:
+    """Refuse (ConfigError) to generate ``frames`` frames that cannot fit in memory (float32,
+    twice: the frames and what is rendered from them)."""
+    size = math.prod(model.config.frame_shape) * 4 * 2
+    require_memory(frames * size, what, purpose="in memory", fix=fix)
+
+
+def _check_video_size(path: Path, shape: tuple[int, ...], size: tuple[int, int] | None, grey: bool) -> None:
+    """Refuse a video whose frames cannot fit the model, from its metadata, before decoding it
+    (its channels are known only once decoded: 3, or 1 with ``grey``)."""
+    if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
+        return
+    found = frame_size(path, size)
+    if found is not None and len(shape) == 3 and tuple(found) != tuple(shape[1:]):
+        frames = (1 if grey else 3, *found)
+        raise DataError(f"{path} has frames of shape {frames} (from its metadata); the model was trained on {shape}"
+                        f"{shape_hint(frames, shape, resize_option=True)}")
 
 
 def shape_hint(found: tuple[int, ...], wanted: tuple[int, ...], *, resize_option: bool = False) -> str:

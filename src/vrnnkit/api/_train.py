@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vrnnkit.budget import out_of_memory
 from vrnnkit.tracking import check_tracker, open_tracker
 from vrnnkit.training import loop
 from vrnnkit.training.config import resolve_config
-from vrnnkit.training.distributed import World, broadcast_text, process_group
+from vrnnkit.training.distributed import World, broadcast_text, lost_process, process_group
+from vrnnkit.training.lock import run_lock
 from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir
 
 
@@ -48,13 +51,19 @@ def train(
         run_dir = _run_dir(out, resume, world)
         if resume is None:
             check_new_run(run_dir)
-        tracker = open_tracker(log, run_dir) if log is not None and world.is_main else None
-        try:
-            result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step,
-                                world=world, tracker=tracker)
-        finally:
-            if tracker is not None:
-                tracker.close()
+        # Rank 0 alone writes the run folder, so it alone holds the lock.
+        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
+            tracker = open_tracker(log, run_dir) if log is not None and world.is_main else None
+            try:
+                result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step,
+                                    world=world, tracker=tracker)
+            except RuntimeError as error:  # gloo and nccl say a peer is gone with a RuntimeError
+                if not world.distributed or out_of_memory(error):
+                    raise
+                raise lost_process(error, run_dir, world) from error
+            finally:
+                if tracker is not None:
+                    tracker.close()
         if resume is None and world.is_main:
             link_latest(run_dir)
         return result

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from vrnnkit._version import __version__
+from vrnnkit.budget import memory_message, out_of_memory
 from vrnnkit.errors import RunError, VRNNKitError
 
 app = typer.Typer(
@@ -51,6 +52,11 @@ def friendly_errors(command: F) -> F:
             code = 2
         except OSError as error:
             _error(_os_error_message(error))
+            code = 1
+        except (MemoryError, RuntimeError) as error:  # the last line of defence: an allocation failed
+            if not out_of_memory(error):
+                raise
+            _error(memory_message(error))
             code = 1
         except KeyboardInterrupt:  # outside a training loop, which handles Ctrl-C itself
             _error("interrupted")

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vrnnkit import api
+from vrnnkit.budget import MEMORY_ENV
 from vrnnkit.cli.common import app, console, errors, friendly_errors
 from vrnnkit.errors import ConfigError
 from vrnnkit.registry import KINDS, list_blocks
@@ -119,12 +120,17 @@ def _parameters() -> list[inspect.Parameter]:
         params.append(parameter(name, kind, typer.Option(help=text, show_default=False, rich_help_panel=RUN, **extra)))
     quiet = typer.Option("--quiet", "-q", help="Print only the final summary.", rich_help_panel=RUN, metavar="")
     params.append(inspect.Parameter("quiet", keyword, default=False, annotation=Annotated[bool, quiet]))
+    force = typer.Option("--force", rich_help_panel=RUN, metavar="", help=(
+        f"Skip the memory check made before the model and the data are allocated (as {MEMORY_ENV}=off)."))
+    params.append(inspect.Parameter("force", keyword, default=False, annotation=Annotated[bool, force]))
     return params
 
 
 def train_command(**given: Any) -> None:
     """Train a VRNN. With no arguments: a conv VRNN on generated bouncing balls, on the CPU."""
     out, resume, config, quiet, nproc, log = (given.pop(k) for k in ("out", "resume", "config", "quiet", "nproc", "log"))
+    if given.pop("force"):
+        os.environ[MEMORY_ENV] = "off"  # the worker processes of --nproc inherit it
     pairs = {kind: given.pop(f"{kind}_option") or [] for kind in KINDS}
     options = {k: v for k, v in given.items() if v is not None}
     if any(pairs.values()):

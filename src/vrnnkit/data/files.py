@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vrnnkit.budget import require_memory
 from vrnnkit.data.checks import require_file
 from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.data.video import read_video
@@ -129,6 +130,32 @@ def _check_npy(path: Path) -> None:
         )
 
 
+def _check_npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> None:
+    """Refuse, before any allocation, an array whose header claims more bytes than its member
+    of the archive holds, or more than the memory available."""
+    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key)
+    try:
+        member = archive.open(info)
+    except (OSError, zipfile.BadZipFile, NotImplementedError) as err:
+        raise DataError(f"{path}: the array {key!r} is damaged ({err})") from err
+    with member:
+        try:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+        except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, TokenError...
+            raise DataError(f"{path}: the array {key!r} has a damaged .npy header ({type(err).__name__}: {err})") from err
+        start = member.tell()
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size - start:
+        raise DataError(
+            f"{path}: the array {key!r} claims {claimed:,} bytes ({dtype} of shape {shape}); the archive holds "
+            f"{max(0, info.file_size - start):,} bytes of it (the file is truncated or its header is false)"
+        )
+    require_memory(claimed, f"{path}: the array {key!r} ({dtype} of shape {shape})", DataError, purpose="in memory",
+                   fix="store it as a .npy file, which vrnnkit reads one sequence at a time")
+
+
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
     with path.open("rb") as file:
         if file.read(2) != b"PK":
@@ -152,6 +179,7 @@ def _read_npz(path: Path, key: str | None) -> np.ndarray:
             key = keys[0]
         if key not in keys:
             raise DataError(f"{path}: expected an array named {key!r}, found {', '.join(keys)}")
+        _check_npz_member(path, archive.zip, key)
         try:
             return archive[key]
         except ValueError as err:

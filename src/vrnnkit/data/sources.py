@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from vrnnkit._checks import is_count
+from vrnnkit.budget import require_memory
 from vrnnkit.data.balls import bouncing_balls
 from vrnnkit.data.catalog import BUILTIN_FILE_DATA
 from vrnnkit.data.datasets import WindowDataset, train_val_split
@@ -29,6 +30,10 @@ BUILTIN_DATA = ("bouncing-balls", "moving-mnist", "seq-mnist")
 GENERATED_DATA = ("bouncing-balls", "moving-mnist")
 MNIST_TRAIN_DIGITS = 8000  # of the 10,000 test digits: the first for training, the rest held out
 CHUNK = 500  # sequences per generator call: part of what a seed means for a generated data set
+GENERATION_BYTES = {"bouncing-balls": 9, "moving-mnist": 3}
+"""Bytes per pixel that generating a data set in memory takes at its peak (bouncing balls: two
+float32 arrays and the uint8 result), besides ``TRAJECTORY_BYTES`` per frame."""
+TRAJECTORY_BYTES = 128
 
 
 def open_source(
@@ -55,6 +60,7 @@ def open_source(
     rng = np.random.default_rng([seed, 1] if held_out else seed)
     if data == "bouncing-balls":
         side = size[0] if size is not None and size[0] == size[1] else 32
+        check_generation_memory(data, count, length, (side, side))
         videos = np.rint(bouncing_balls(count, length=length, size=side, seed=rng) * 255).astype(np.uint8)
         return SequenceArray(videos, layout="NTHW", source="bouncing-balls", resize=size, grey=grey)
     if data in ("moving-mnist", "seq-mnist"):
@@ -63,6 +69,7 @@ def open_source(
         images, _ = load_mnist(mnist_dir, split="test")
         digits = np.arange(MNIST_TRAIN_DIGITS, len(images)) if held_out else np.arange(min(MNIST_TRAIN_DIGITS, len(images)))
         if data == "moving-mnist":
+            check_generation_memory(data, count, length, (64, 64))
             videos = moving_mnist(images, count, length=length, stochastic=True, indices=digits, seed=rng)
             return SequenceArray(videos, layout="NTHW", source="moving-mnist", resize=size, grey=grey)
         return SequenceArray(sequential_mnist(images[digits]), layout="NTD", source="seq-mnist", resize=size, grey=grey)
@@ -71,6 +78,17 @@ def open_source(
         known = ", ".join((*BUILTIN_DATA, *BUILTIN_FILE_DATA))
         raise ConfigError(f"data {data!r} is neither a file nor a built-in dataset ({known})")
     return open_sequences(path, layout=layout, resize=size, grey=grey or None)
+
+
+def check_generation_memory(
+    name: str, count: int, length: int, frame: tuple[int, ...], per_pixel: int | None = None,
+) -> None:
+    """Refuse (ConfigError) to generate ``count`` sequences in memory that cannot fit there;
+    ``per_pixel`` bytes at the peak (default: ``GENERATION_BYTES``, all generated at once)."""
+    per_pixel = GENERATION_BYTES[name] if per_pixel is None else per_pixel
+    needed = count * length * (frame[0] * frame[1] * per_pixel + TRAJECTORY_BYTES)
+    require_memory(needed, f"generating {count:,} {name} sequences of {length} frames of {frame[0]}x{frame[1]}",
+                   purpose="in memory", fix="lower --num-sequences (or the frames per sequence)")
 
 
 def check_source(data: str, layout: str | None = None, size: tuple[int, int] | None = None, grey: bool = False) -> None:
@@ -181,5 +199,6 @@ def generate_chunks(name: str, count: int, *, seed: int = 0, **options: Any) -> 
 def generate_dataset(name: str, count: int, *, seed: int = 0, **options: Any) -> np.ndarray:
     """``count`` sequences of a generated data set as uint8 (count, T, H, W): the array that
     ``vrnnkit data NAME --seed SEED`` writes."""
-    _, chunks = generate_chunks(name, count, seed=seed, **options)
+    shape, chunks = generate_chunks(name, count, seed=seed, **options)
+    check_generation_memory(name, count, shape[0], shape[1:], per_pixel=2)  # the chunks and their concatenation
     return np.concatenate(list(chunks))

@@ -60,13 +60,45 @@ def process_group(device_name: str) -> Iterator[World]:
     if backend == "nccl" and world.local_rank < torch.cuda.device_count():
         torch.cuda.set_device(world.local_rank)  # before any collective: one GPU per process
     try:
-        dist.init_process_group(backend, timeout=timedelta(minutes=10))
+        dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout()))
     except (RuntimeError, ValueError) as error:
         raise TrainingError(f"could not join the {world.size} training processes over {backend}: {error}") from None
     try:
         yield current_world()
     finally:
         dist.destroy_process_group()
+
+
+TIMEOUT_ENV = "VRNNKIT_DDP_TIMEOUT"
+"""Environment variable: seconds a collective waits for the other processes (default 300)."""
+DEFAULT_TIMEOUT = 300
+
+
+def collective_timeout() -> float:
+    """How long (seconds) a process waits in a collective for the others before it gives up:
+    ``VRNNKIT_DDP_TIMEOUT``, 5 minutes by default; a process that died is usually noticed at
+    once (its connections close), a hung one after this long."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise TrainingError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    return value
+
+
+def lost_process(error: RuntimeError, run_dir: object, world: World) -> TrainingError:
+    """What a process says when a collective fails because another process is gone."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = (lines[0] if lines else type(error).__name__)[:200]
+    return TrainingError(
+        f"process {world.rank} lost contact with the other training processes ({said}); one of them stopped or "
+        f"hung for {collective_timeout():g} s ({TIMEOUT_ENV}); continue from the last save with: "
+        f"vrnnkit train --resume {run_dir} --nproc {world.size}"
+    )
 
 
 def require_group(world: World) -> None:

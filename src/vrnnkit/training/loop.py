@@ -28,6 +28,7 @@ from vrnnkit.errors import TrainingError
 from vrnnkit.initialization import init_output_bias
 from vrnnkit.model import VRNN, VRNNOutput
 from vrnnkit.runs import read_metrics
+from vrnnkit.sizing import check_training_memory
 from vrnnkit.training.batching import (
     TrainingData,
     batches_per_epoch,
@@ -199,7 +200,10 @@ class _Run:
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.data = load_training_data(config)  # before the run folder exists
         self.training, self.validation = self.data.training, self.data.validation
-        self.model = VRNN(config.model_config(self.data.frame_shape)).to(self.device)
+        model_config = config.model_config(self.data.frame_shape)
+        check_training_memory(model_config, batch_size=config.batch_size, seq_len=config.seq_len,
+                              ema=config.ema > 0, device=self.device)
+        self.model = VRNN(model_config).to(self.device)
         self.output_bias = not resume and _init_bias(self.model, self.data, config)
         if config.compile:
             self.model.compile_blocks()
