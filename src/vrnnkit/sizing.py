@@ -79,9 +79,11 @@ def check_model_memory(config: VRNNConfig, *, copies: int = 1, device: torch.dev
 
 def check_training_memory(
     config: VRNNConfig, *, batch_size: int, seq_len: int, ema: bool = False, device: torch.device | None = None,
+    particles: int = 1,
 ) -> None:
     """Raise ConfigError when training ``config``'s model cannot fit: parameters, gradients,
-    Adam's state (and an averaged copy with ``ema``) and one batch's activations."""
+    Adam's state (and an averaged copy with ``ema``) and one batch's activations, of
+    ``particles`` latent paths per sequence (IWAE, FIVO)."""
     if not checks_enabled():
         return
     copies = TRAINING_COPIES + int(ema)
@@ -89,12 +91,13 @@ def check_training_memory(
     steps = max(seq_len, 1)
     state = config.h_dim * config.rnn_layers + config.z_dim + (config.feature_dim or 0) + (config.latent_feature_dim or 0)
     per_step = math.prod(config.frame_shape or (1,)) + state
-    activations = batch_size * steps * per_step * ACTIVATION_FACTOR * FLOAT_BYTES
+    activations = particles * batch_size * steps * per_step * ACTIVATION_FACTOR * FLOAT_BYTES
+    paths = f" x {particles} particles" if particles > 1 else ""
     require_memory(
         count * FLOAT_BYTES * copies + activations,
-        f"training {describe(config)} on batches of {batch_size} sequences x {steps} steps",
+        f"training {describe(config)} on batches of {batch_size} sequences x {steps} steps{paths}",
         purpose="(parameters, gradients, Adam's state and one batch's activations)",
-        available=_device_memory(device), fix="lower --batch-size or --seq-len, or choose a smaller model", floor=True,
+        available=_device_memory(device), fix="lower --batch-size, --seq-len or --particles, or choose a smaller model", floor=True,
     )
 
 

@@ -202,7 +202,7 @@ class _Run:
         self.training, self.validation = self.data.training, self.data.validation
         model_config = config.model_config(self.data.frame_shape)
         check_training_memory(model_config, batch_size=config.batch_size, seq_len=config.seq_len,
-                              ema=config.ema > 0, device=self.device)
+                              ema=config.ema > 0, device=self.device, particles=config.particles)
         self.model = VRNN(model_config).to(self.device)
         self.output_bias = not resume and _init_bias(self.model, self.data, config)
         if config.compile:
