@@ -349,3 +349,16 @@ def test_fivo_resamples_and_its_gradient_matches_finite_differences_of_its_value
         assert (values[0] - values[1]) / (2 * eps) == pytest.approx(slope, rel=1e-5)
     finally:
         objectives.systematic_ancestors = original
+
+
+@pytest.mark.parametrize("objective", ["iwae", "fivo"])
+def test_skip_decoders_take_each_steps_reference_in_both_objectives(objective):
+    model = _model(frame_shape=(1, 8, 8), encoder="conv-skip", decoder="convT-skip", skip_residual=True,
+                   encoder_options={"channels": 4}, decoder_options={"channels": 4})
+    x = torch.rand(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    single = model.log_likelihood(x, 1, generator=_seeded())
+    out = model(x, objective=objective, particles=1, generator=_seeded())
+    torch.testing.assert_close(out.elbo.detach(), single, rtol=0, atol=1e-10)
+    many = model(x, objective=objective, particles=5, generator=_seeded(), resample_threshold=1.0)
+    many.loss.backward()
+    assert torch.isfinite(many.elbo).all() and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
