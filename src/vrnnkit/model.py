@@ -96,7 +96,7 @@ class VRNN(nn.Module):
         particles: int = 1,
         resample_threshold: float = objectives.DEFAULT_THRESHOLD,
     ) -> VRNNOutput:
-        """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape).
+        """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape) (or another bound: ``objective``).
 
         ``mask`` (B, T) marks the observed steps of padded sequences (1 observed, 0 padding);
         a padded frame may hold anything, NaN included: it is zeroed before encoding and left

@@ -21,7 +21,7 @@ from vrnnkit.runs import METRICS, read_metrics, run_problem
 FORMATS = (".png", ".pdf", ".svg")
 # (title, y label, training key, validation key) of each panel of plot_runs.
 PANELS = (
-    ("loss (negative ELBO)", "nats per sequence", "loss", "val_loss"),
+    ("loss (minus the bound trained on: ELBO, IWAE or FIVO)", "nats per sequence", "loss", "val_loss"),
     ("reconstruction (NLL)", "nats per sequence", "nll", "val_nll"),
     ("KL divergence", "nats per sequence", "kl", "val_kl"),
     ("bits per dimension", "bits/dim", "bits_per_dim", "val_bits_per_dim"),
