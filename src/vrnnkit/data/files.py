@@ -143,6 +143,8 @@ def _check_npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> None:
             version = np.lib.format.read_magic(member)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(member)
+        except zipfile.BadZipFile as err:  # a small member is read whole, and its CRC checked, at once
+            raise DataError(f"{path}: the array {key!r} is damaged ({err})") from err
         except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, TokenError...
             raise DataError(f"{path}: the array {key!r} has a damaged .npy header ({type(err).__name__}: {err})") from err
         start = member.tell()
