@@ -143,7 +143,7 @@ def evaluate_command(
     plot: Annotated[Opt[Path], typer.Option(help="Draw PSNR and SSIM per predicted step (best-of-N, mean-of-N with 95% bands, copy-last) to this .png/.pdf/.svg.", show_default=False)] = None,
     seed: Seed = 0,
 ) -> None:
-    """Measure a model: ELBO, the importance-weighted bound, and video prediction (SRVP protocol);
+    """Measure a model: ELBO, the IWAE and FIVO bounds (--bound), and video prediction (SRVP protocol);
     for sequences of different lengths (a note-list .json, ...), the bounds per time step."""
     model = _load(ckpt)
     if plot is not None:
