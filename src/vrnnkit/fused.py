@@ -72,114 +72,140 @@ def fused_filter(
 
 
 class _FusedFilter(torch.autograd.Function):
+    """Per step the forward pass runs five matrix products: h_{t-1} times the GRU's recurrent
+    weights and the posterior's ``from_state`` weights stacked into one (3H + H1, H) matrix, one
+    per posterior body layer, the Gaussian head, phi_z and the GRU's latent input. Everything
+    it keeps is written into buffers allocated once for all steps (no stacking afterwards);
+    the frame-only terms and the recurrent bias are laid into the first product's output
+    before the loop, which the product then adds to in place.
+
+    The backward pass keeps two products for the gradient reaching h_{t-1} (GRU and posterior):
+    one product over the stacked weights needs the two gradients side by side in one buffer,
+    and writing them into its column slices cost more on the CPU than the product saved
+    (measured: docs/performance.md). Strided reads cost too, so the backward pass makes the
+    gates it reads at every step contiguous once, before its loop."""
+
     @staticmethod
     def forward(ctx: Any, n_body: int, min_std: float, resample: Resampler | None, posterior_in: Tensor, rnn_in: Tensor,
                 noise: Tensor, h: Tensor, *weights: Tensor):
         w_state, *rest = weights
-        body = [(rest[2 * i], rest[2 * i + 1]) for i in range(n_body)]
+        body = [(rest[2 * i].t(), rest[2 * i + 1]) for i in range(n_body)]
         w_head, b_head, w_z, b_z, w_latent, w_hh, b_hh = rest[2 * n_body :]
-        size = h.shape[-1]
-        w_state_t, w_head_t, w_z_t, w_latent_t, w_hh_t = (w.t() for w in (w_state, w_head, w_z, w_latent, w_hh))
-        body_t = [(w.t(), b) for w, b in body]
-        names = ("h", "a0", *[f"a{i + 1}" for i in range(n_body)], "mean", "std", "z", "f", "reset", "update", "candidate", "gh_n")
-        saved: dict[str, list[Tensor]] = {name: [] for name in names}
+        steps, batch = posterior_in.shape[:2]
+        size, z_dim = h.shape[-1], w_z.shape[1]
+        w_cat_t = torch.cat([w_hh, w_state]).t()  # (H, 3H + H1): both products of h_{t-1} at once
+        pre = posterior_in.new_empty(steps, batch, w_cat_t.shape[1])
+        pre[..., : 3 * size] = b_hh
+        pre[..., 3 * size :] = posterior_in
+        new = posterior_in.new_empty
+        buf = {"h": new(steps + 1, batch, size), "gates": new(steps, batch, 2 * size), "candidate": new(steps, batch, size),
+               "head": new(steps, batch, 2 * z_dim), "std": new(steps, batch, z_dim), "z": new(steps, batch, z_dim),
+               "f": new(steps, batch, w_z.shape[0])}
+        acts = [new(steps, batch, w.shape[1]) for w, _ in body]
+        buf["h"][0] = h
         ancestors: list[Tensor | None] = []
-        for t in range(posterior_in.shape[0]):
-            saved["h"].append(h)
-            a = torch.addmm(posterior_in[t], h, w_state_t).relu_()
-            saved["a0"].append(a)
-            for i, (w_t, b) in enumerate(body_t):
-                a = torch.addmm(b, a, w_t).relu_()
-                saved[f"a{i + 1}"].append(a)
-            mean, raw = torch.addmm(b_head, a, w_head_t).chunk(2, dim=-1)
-            std = torch.nn.functional.softplus(raw).add_(min_std)
-            z = torch.addcmul(mean, std, noise[t])
-            f = torch.addmm(b_z, z, w_z_t).relu_()
-            gi = torch.addmm(rnn_in[t], f, w_latent_t)
-            gh = torch.addmm(b_hh, h, w_hh_t)
-            reset, update = torch.sigmoid(gi[:, : 2 * size] + gh[:, : 2 * size]).chunk(2, dim=-1)
-            gh_n = gh[:, 2 * size :]
-            candidate = torch.tanh(torch.addcmul(gi[:, 2 * size :], reset, gh_n))
-            rows = resample(t, h, mean, std, z, f) if resample is not None else None
-            h = torch.lerp(candidate, h, update)
-            if rows is not None:
-                h = h.index_select(0, rows)
-            ancestors.append(rows)
-            for name, value in (("mean", mean), ("std", std), ("z", z), ("f", f), ("reset", reset),
-                                ("update", update), ("candidate", candidate), ("gh_n", gh_n)):
-                saved[name].append(value)
-        stacks = {name: torch.stack(values) for name, values in saved.items()}
-        ctx.n_body, ctx.min_std, ctx.names, ctx.ancestors = n_body, min_std, names, ancestors
-        ctx.save_for_backward(noise, *weights, *stacks.values())
-        return stacks["h"], stacks["mean"], stacks["std"], stacks["z"], stacks["f"], h
+        for t in range(steps):
+            ancestors.append(_forward_step(t, pre[t], buf, acts, body, (w_cat_t, w_head.t(), b_head, w_z.t(), b_z, w_latent.t()),
+                                           rnn_in[t], noise[t], min_std, resample))
+        ctx.n_body, ctx.min_std, ctx.ancestors = n_body, min_std, ancestors
+        ctx.save_for_backward(noise, *weights, pre, *(buf[k] for k in ("h", "gates", "candidate", "std", "z", "f")), *acts)
+        hs = buf["h"]
+        return hs[:steps], buf["head"][..., :z_dim].clone(), buf["std"], buf["z"], buf["f"], hs[steps].clone()
 
     @staticmethod
     def backward(ctx: Any, g_h: Tensor | None, g_mean: Tensor | None, g_std: Tensor | None, g_z: Tensor | None, g_f: Tensor | None, g_last: Tensor | None):
         n_body, n_weights = ctx.n_body, 2 * ctx.n_body + 8
         noise, *tensors = ctx.saved_tensors
-        weights, stacked = tensors[:n_weights], tensors[n_weights:]
-        s = dict(zip(ctx.names, stacked, strict=True))
+        weights = tensors[:n_weights]
+        pre, hs, gates, candidate, std, z, f, *acts = tensors[n_weights:]
         w_state, *rest = weights
-        body = [(rest[2 * i], rest[2 * i + 1]) for i in range(n_body)]
+        body = [rest[2 * i] for i in range(n_body)]
         w_head, _, w_z, _, w_latent, w_hh, _ = rest[2 * n_body :]
-        steps, batch, size = s["h"].shape
-        zeros = s["h"].new_zeros
+        steps, batch = pre.shape[:2]
+        size, z_dim = hs.shape[-1], z.shape[-1]
+        h = hs[:steps]
+        a = [pre[..., 3 * size :], *acts]  # the posterior's activations, first layer first
+        gh_n, reset, update = pre[..., 2 * size : 3 * size], gates[..., :size], gates[..., size:]
+        zeros, empty = h.new_zeros, h.new_empty
         g_h, g_mean, g_std, g_z, g_f = (
-            g if g is not None else zeros(ref.shape)
-            for g, ref in ((g_h, s["h"]), (g_mean, s["mean"]), (g_std, s["std"]), (g_z, s["z"]), (g_f, s["f"]))
+            g if g is not None else zeros(shape)
+            for g, shape in ((g_h, h.shape), (g_mean, std.shape), (g_std, std.shape), (g_z, z.shape), (g_f, f.shape))
         )
-        # Derivatives of the activations, for every step at once.
-        d_softplus = -torch.expm1(ctx.min_std - s["std"])  # sigmoid(raw), from std = softplus(raw) + min
-        f_on = s["f"] > 0
-        a_on = [s[f"a{i}"] > 0 for i in range(n_body + 1)]
-        d_candidate = 1.0 - s["candidate"].square()
-        d_reset = s["reset"] * (1.0 - s["reset"])
-        d_update = s["update"] * (1.0 - s["update"])
+        # Derivatives of the activations, for every step at once. (Elementwise work over all
+        # steps is memory-bound: only what saves more than one pass per step is hoisted here.)
+        d_softplus = -torch.expm1(ctx.min_std - std)  # sigmoid(raw), from std = softplus(raw) + min
+        f_on = f > 0
+        a_on = [x > 0 for x in a]
+        d_candidate = 1.0 - candidate.square()
+        d_reset = (reset * (1.0 - reset)).mul_(gh_n)  # contiguous: strided operands slow the step's products
+        d_update = (update * (1.0 - update)).mul_(h - candidate)
+        reset, update = reset.contiguous(), update.contiguous()
 
-        d_gi = zeros(steps, batch, 3 * size)
-        d_gh = zeros(steps, batch, 3 * size)
-        d_f_pre = zeros(s["f"].shape)
-        d_head = zeros(steps, batch, w_head.shape[0])
-        d_a = [zeros(s[f"a{i}"].shape) for i in range(n_body + 1)]
+        d_gi, d_gh = empty(steps, batch, 3 * size), empty(steps, batch, 3 * size)
+        d_f_pre, d_head, d_a0 = empty(f.shape), empty(steps, batch, 2 * z_dim), empty(a[0].shape)
+        d_a = [empty(x.shape) for x in acts]
         d_h = g_last if g_last is not None else zeros(batch, size)
         for t in reversed(range(steps)):
             if ctx.ancestors[t] is not None:  # the state was gathered: scatter its gradient back
                 d_h = zeros(batch, size).index_add_(0, ctx.ancestors[t], d_h)
-            h_prev, update, candidate = s["h"][t], s["update"][t], s["candidate"][t]
             # h = candidate + update * (h_prev - candidate)
-            d_n = torch.mul(d_h, d_candidate[t]).sub_(d_h * update * d_candidate[t])
-            d_gi[t, :, : size].copy_(d_n * s["gh_n"][t]).mul_(d_reset[t])
-            d_gi[t, :, size : 2 * size].copy_(d_h * (h_prev - candidate)).mul_(d_update[t])
+            d_n = torch.mul(d_h, d_candidate[t]).sub_(d_h * update[t] * d_candidate[t])
+            torch.mul(d_n, d_reset[t], out=d_gi[t, :, :size])
+            torch.mul(d_h, d_update[t], out=d_gi[t, :, size : 2 * size])
             d_gi[t, :, 2 * size :].copy_(d_n)
             d_gh[t, :, : 2 * size].copy_(d_gi[t, :, : 2 * size])
-            torch.mul(d_n, s["reset"][t], out=d_gh[t, :, 2 * size :])
-            d_h_prev = torch.addmm(d_h * update, d_gh[t], w_hh)
+            torch.mul(d_n, reset[t], out=d_gh[t, :, 2 * size :])
+            d_h_prev = torch.addmm(d_h * update[t], d_gh[t], w_hh)
             # f = relu(W_z z + b_z); z = mean + std * noise; std = softplus(raw) + min
             torch.addmm(g_f[t], d_gi[t], w_latent, out=d_f_pre[t]).mul_(f_on[t])
             d_z = torch.addmm(g_z[t], d_f_pre[t], w_z)
-            torch.add(d_z, g_mean[t], out=d_head[t, :, : w_z.shape[1]])
-            torch.addcmul(g_std[t], d_z, noise[t], out=d_head[t, :, w_z.shape[1] :]).mul_(d_softplus[t])
+            torch.add(d_z, g_mean[t], out=d_head[t, :, :z_dim])
+            torch.addcmul(g_std[t], d_z, noise[t], out=d_head[t, :, z_dim:]).mul_(d_softplus[t])
             # Back through the posterior MLP to its first layer, which saw h_prev.
             grad = d_head[t].mm(w_head)
             for i in reversed(range(n_body)):
-                torch.mul(grad, a_on[i + 1][t], out=d_a[i + 1][t])
-                grad = d_a[i + 1][t].mm(body[i][0])
-            torch.mul(grad, a_on[0][t], out=d_a[0][t])
-            d_h = torch.addmm(d_h_prev, d_a[0][t], w_state).add_(g_h[t])
+                grad = torch.mul(grad, a_on[i + 1][t], out=d_a[i][t]).mm(body[i])
+            torch.mul(grad, a_on[0][t], out=d_a0[t])
+            d_h = torch.addmm(d_h_prev, d_a0[t], w_state).add_(g_h[t])
 
         def weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
             return d_out.reshape(-1, d_out.shape[-1]).t().mm(inputs.reshape(-1, inputs.shape[-1]))
 
-        grads = [weight_grad(d_a[0], s["h"])]
+        grads = [weight_grad(d_a0, h)]
         for i in range(n_body):
-            grads += [weight_grad(d_a[i + 1], s[f"a{i}"]), d_a[i + 1].sum((0, 1))]
+            grads += [weight_grad(d_a[i], a[i]), d_a[i].sum((0, 1))]
         grads += [
-            weight_grad(d_head, s[f"a{n_body}"]),
+            weight_grad(d_head, a[n_body]),
             d_head.sum((0, 1)),
-            weight_grad(d_f_pre, s["z"]),
+            weight_grad(d_f_pre, z),
             d_f_pre.sum((0, 1)),
-            weight_grad(d_gi, s["f"]),
-            weight_grad(d_gh, s["h"]),
+            weight_grad(d_gi, f),
+            weight_grad(d_gh, h),
             d_gh.sum((0, 1)),
         ]
-        return (None, None, None, d_a[0], d_gi, None, d_h, *grads)
+        return (None, None, None, d_a0, d_gi, None, d_h, *grads)
+
+def _forward_step(t: int, g: Tensor, buf: dict[str, Tensor], acts: list[Tensor], body: list[tuple[Tensor, Tensor]],
+                  w: tuple[Tensor, ...], rnn_in: Tensor, noise: Tensor, min_std: float, resample: Resampler | None) -> Tensor | None:
+    """Step ``t`` of ``_FusedFilter.forward``, writing into the step's rows of the buffers."""
+    w_cat_t, w_head_t, b_head, w_z_t, b_z, w_latent_t = w
+    h = buf["h"][t]
+    size, z_dim = h.shape[-1], w_z_t.shape[0]
+    g.addmm_(h, w_cat_t)  # [gh | posterior pre-activation], bias and frame terms already in place
+    a = g[:, 3 * size :].relu_()
+    for i, (w_t, b) in enumerate(body):
+        a = torch.addmm(b, a, w_t, out=acts[i][t]).relu_()
+    head = torch.addmm(b_head, a, w_head_t, out=buf["head"][t])
+    mean = head[:, :z_dim]
+    std = torch.add(torch.nn.functional.softplus(head[:, z_dim:]), min_std, out=buf["std"][t])
+    z = torch.addcmul(mean, std, noise, out=buf["z"][t])
+    f = torch.addmm(b_z, z, w_z_t, out=buf["f"][t]).relu_()
+    gi = torch.addmm(rnn_in, f, w_latent_t)
+    reset, update = torch.sigmoid(gi[:, : 2 * size].add_(g[:, : 2 * size]), out=buf["gates"][t]).chunk(2, dim=-1)
+    candidate = torch.tanh(gi[:, 2 * size :].addcmul_(reset, g[:, 2 * size : 3 * size]), out=buf["candidate"][t])
+    rows = resample(t, h, mean, std, z, f) if resample is not None else None
+    if rows is None:
+        torch.lerp(candidate, h, update, out=buf["h"][t + 1])
+    else:
+        torch.index_select(torch.lerp(candidate, h, update), 0, rows, out=buf["h"][t + 1])
+    return rows
