@@ -110,11 +110,38 @@ def main() -> None:
         print(f"{name:<52}{ms:>8.2f}{ms / total:>8.0%}")
     print(f"time loop (forward + backward): {loop_f + loop_b:.2f} ms, {(loop_f + loop_b) / total:.0%} of the step")
 
+    floor(step, args.batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(5):
             step()
     print(f"\ntorch.profiler over 5 steps (profiler overhead included), top {args.top} by self CPU time:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=36))
+
+
+def matmul_rate(rows: int, inner: int, cols: int, repeats: int = 200) -> float:
+    """GFLOP/s of one (rows, inner) x (inner, cols) fp32 product on this machine, now."""
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    for _ in range(10):
+        a.mm(b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a.mm(b)
+    return 2 * rows * inner * cols * repeats / (time.perf_counter() - start) / 1e9
+
+
+def floor(step, batch: int) -> None:
+    """The step's FLOPs (``torch.utils.flop_counter``) against the rate of its products."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    rows = batch * STEPS
+    batched, per_step, large = matmul_rate(rows, 200, 100, 20), matmul_rate(batch, 100, 400), matmul_rate(1024, 1024, 1024, 5)
+    print(f"\n{flops / 1e9:.2f} GFLOP per step (matrix products). Rates now: ({rows}x200)x(200x100) {batched:.0f} GFLOP/s, "
+          f"({batch}x100)x(100x400) {per_step:.0f} GFLOP/s, 1024^3 {large:.0f} GFLOP/s")
+    print(f"arithmetic floor of the step at the batched rate: {1e3 * flops / batched / 1e9:.1f} ms "
+          f"(at the 1024^3 rate: {1e3 * flops / large / 1e9:.1f} ms)")
 
 
 if __name__ == "__main__":

@@ -103,10 +103,15 @@ class _FusedFilter(torch.autograd.Function):
                "f": new(steps, batch, w_z.shape[0])}
         acts = [new(steps, batch, w.shape[1]) for w, _ in body]
         buf["h"][0] = h
-        ancestors: list[Tensor | None] = []
-        for t in range(steps):
-            ancestors.append(_forward_step(t, pre[t], buf, acts, body, (w_cat_t, w_head.t(), b_head, w_z.t(), b_z, w_latent.t()),
-                                           rnn_in[t], noise[t], min_std, resample))
+        # Each step's rows of every buffer, as views made once (see the backward pass).
+        v = {name: x.unbind(0) for name, x in {
+            "g": pre, "gh_rz": pre[..., : 2 * size], "gh_n": pre[..., 2 * size : 3 * size], "a0": pre[..., 3 * size :],
+            "h": buf["h"], "gates": buf["gates"], "candidate": buf["candidate"], "head": buf["head"],
+            "mean": buf["head"][..., :z_dim], "raw": buf["head"][..., z_dim:], "std": buf["std"], "z": buf["z"], "f": buf["f"],
+            "rnn_in": rnn_in, "noise": noise}.items()}
+        v["acts"] = list(zip(*(x.unbind(0) for x in acts), strict=True)) if acts else [()] * steps
+        weights_t = (w_cat_t, w_head.t(), b_head, w_z.t(), b_z, w_latent.t())
+        ancestors = [_forward_step(t, v, body, weights_t, min_std, resample) for t in range(steps)]
         ctx.n_body, ctx.min_std, ctx.ancestors = n_body, min_std, ancestors
         ctx.save_for_backward(noise, *weights, pre, *(buf[k] for k in ("h", "gates", "candidate", "std", "z", "f")), *acts)
         hs = buf["h"]
@@ -134,9 +139,10 @@ class _FusedFilter(torch.autograd.Function):
         # Derivatives of the activations, for every step at once. (Elementwise work over all
         # steps is memory-bound: only what saves more than one pass per step is hoisted here.)
         d_softplus = -torch.expm1(ctx.min_std - std)  # sigmoid(raw), from std = softplus(raw) + min
-        f_on = f > 0
-        a_on = [x > 0 for x in a]
-        d_candidate = 1.0 - candidate.square()
+        noise_sp, g_std_sp = noise * d_softplus, g_std * d_softplus
+        f_on = torch.sign(f)  # 1 where the ReLU passed, else 0: masks in the gradients' dtype,
+        a_on = [torch.sign(x) for x in a]  # one pass each (a bool operand is slower at every step)
+        d_n_of_h = (1.0 - candidate.square()).mul_(1.0 - update)  # h = lerp(candidate, h_prev, update)
         d_reset = (reset * (1.0 - reset)).mul_(gh_n)  # contiguous: strided operands slow the step's products
         d_update = (update * (1.0 - update)).mul_(h - candidate)
         reset, update = reset.contiguous(), update.contiguous()
@@ -144,29 +150,36 @@ class _FusedFilter(torch.autograd.Function):
         d_gi, d_gh = empty(steps, batch, 3 * size), empty(steps, batch, 3 * size)
         d_f_pre, d_head, d_a0 = empty(f.shape), empty(steps, batch, 2 * z_dim), empty(a[0].shape)
         d_a = [empty(x.shape) for x in acts]
+        # Each step's rows of every array, as views made once: indexing and slicing a tensor
+        # costs microseconds of Python per view, about as much as a small product.
+        v = {name: x.unbind(0) for name, x in {
+            "gi": d_gi, "gi_r": d_gi[..., :size], "gi_u": d_gi[..., size : 2 * size], "gi_n": d_gi[..., 2 * size :],
+            "gi_rz": d_gi[..., : 2 * size], "gh": d_gh, "gh_rz": d_gh[..., : 2 * size], "gh_n": d_gh[..., 2 * size :],
+            "f_pre": d_f_pre, "head": d_head, "head_mean": d_head[..., :z_dim], "head_std": d_head[..., z_dim:], "a0": d_a0,
+            "k_n": d_n_of_h, "k_r": d_reset, "k_u": d_update, "reset": reset, "update": update, "f_on": f_on,
+            "g_h": g_h, "g_f": g_f, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_on": a_on[0],
+        }.items()}
+        body_views = [(x.unbind(0), on.unbind(0)) for x, on in zip(d_a, a_on[1:], strict=True)]
         d_h = g_last if g_last is not None else zeros(batch, size)
         for t in reversed(range(steps)):
             if ctx.ancestors[t] is not None:  # the state was gathered: scatter its gradient back
                 d_h = zeros(batch, size).index_add_(0, ctx.ancestors[t], d_h)
-            # h = candidate + update * (h_prev - candidate)
-            d_n = torch.mul(d_h, d_candidate[t]).sub_(d_h * update[t] * d_candidate[t])
-            torch.mul(d_n, d_reset[t], out=d_gi[t, :, :size])
-            torch.mul(d_h, d_update[t], out=d_gi[t, :, size : 2 * size])
-            d_gi[t, :, 2 * size :].copy_(d_n)
-            d_gh[t, :, : 2 * size].copy_(d_gi[t, :, : 2 * size])
-            torch.mul(d_n, reset[t], out=d_gh[t, :, 2 * size :])
-            d_h_prev = torch.addmm(d_h * update[t], d_gh[t], w_hh)
+            d_n = torch.mul(d_h, v["k_n"][t], out=v["gi_n"][t])
+            torch.mul(d_n, v["k_r"][t], out=v["gi_r"][t])
+            torch.mul(d_h, v["k_u"][t], out=v["gi_u"][t])
+            v["gh_rz"][t].copy_(v["gi_rz"][t])
+            torch.mul(d_n, v["reset"][t], out=v["gh_n"][t])
+            d_h_prev = torch.addcmul(v["g_h"][t], d_h, v["update"][t]).addmm_(v["gh"][t], w_hh)
             # f = relu(W_z z + b_z); z = mean + std * noise; std = softplus(raw) + min
-            torch.addmm(g_f[t], d_gi[t], w_latent, out=d_f_pre[t]).mul_(f_on[t])
-            d_z = torch.addmm(g_z[t], d_f_pre[t], w_z)
-            torch.add(d_z, g_mean[t], out=d_head[t, :, :z_dim])
-            torch.addcmul(g_std[t], d_z, noise[t], out=d_head[t, :, z_dim:]).mul_(d_softplus[t])
+            d_f = torch.addmm(v["g_f"][t], v["gi"][t], w_latent, out=v["f_pre"][t]).mul_(v["f_on"][t])
+            d_z = torch.addmm(v["g_z"][t], d_f, w_z)
+            torch.add(d_z, v["g_mean"][t], out=v["head_mean"][t])
+            torch.addcmul(v["g_std"][t], d_z, v["noise"][t], out=v["head_std"][t])
             # Back through the posterior MLP to its first layer, which saw h_prev.
-            grad = d_head[t].mm(w_head)
+            grad = v["head"][t].mm(w_head)
             for i in reversed(range(n_body)):
-                grad = torch.mul(grad, a_on[i + 1][t], out=d_a[i][t]).mm(body[i])
-            torch.mul(grad, a_on[0][t], out=d_a0[t])
-            d_h = torch.addmm(d_h_prev, d_a0[t], w_state).add_(g_h[t])
+                grad = torch.mul(grad, body_views[i][1][t], out=body_views[i][0][t]).mm(body[i])
+            d_h = d_h_prev.addmm_(torch.mul(grad, v["a0_on"][t], out=v["a0"][t]), w_state)
 
         def weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
             return d_out.reshape(-1, d_out.shape[-1]).t().mm(inputs.reshape(-1, inputs.shape[-1]))
@@ -185,27 +198,26 @@ class _FusedFilter(torch.autograd.Function):
         ]
         return (None, None, None, d_a0, d_gi, None, d_h, *grads)
 
-def _forward_step(t: int, g: Tensor, buf: dict[str, Tensor], acts: list[Tensor], body: list[tuple[Tensor, Tensor]],
-                  w: tuple[Tensor, ...], rnn_in: Tensor, noise: Tensor, min_std: float, resample: Resampler | None) -> Tensor | None:
-    """Step ``t`` of ``_FusedFilter.forward``, writing into the step's rows of the buffers."""
+def _forward_step(t: int, v: dict[str, Any], body: list[tuple[Tensor, Tensor]], w: tuple[Tensor, ...], min_std: float,
+                  resample: Resampler | None) -> Tensor | None:
+    """Step ``t`` of ``_FusedFilter.forward``, writing into the step's views ``v`` of the buffers."""
     w_cat_t, w_head_t, b_head, w_z_t, b_z, w_latent_t = w
-    h = buf["h"][t]
-    size, z_dim = h.shape[-1], w_z_t.shape[0]
-    g.addmm_(h, w_cat_t)  # [gh | posterior pre-activation], bias and frame terms already in place
-    a = g[:, 3 * size :].relu_()
-    for i, (w_t, b) in enumerate(body):
-        a = torch.addmm(b, a, w_t, out=acts[i][t]).relu_()
-    head = torch.addmm(b_head, a, w_head_t, out=buf["head"][t])
-    mean = head[:, :z_dim]
-    std = torch.add(torch.nn.functional.softplus(head[:, z_dim:]), min_std, out=buf["std"][t])
-    z = torch.addcmul(mean, std, noise, out=buf["z"][t])
-    f = torch.addmm(b_z, z, w_z_t, out=buf["f"][t]).relu_()
-    gi = torch.addmm(rnn_in, f, w_latent_t)
-    reset, update = torch.sigmoid(gi[:, : 2 * size].add_(g[:, : 2 * size]), out=buf["gates"][t]).chunk(2, dim=-1)
-    candidate = torch.tanh(gi[:, 2 * size :].addcmul_(reset, g[:, 2 * size : 3 * size]), out=buf["candidate"][t])
+    h, size = v["h"][t], v["h"][t].shape[-1]
+    v["g"][t].addmm_(h, w_cat_t)  # [gh | posterior pre-activation], bias and frame terms already in place
+    a = v["a0"][t].relu_()
+    for (w_t, b), out in zip(body, v["acts"][t], strict=True):
+        a = torch.addmm(b, a, w_t, out=out).relu_()
+    mean = v["mean"][t]
+    torch.addmm(b_head, a, w_head_t, out=v["head"][t])
+    std = torch.add(torch.nn.functional.softplus(v["raw"][t]), min_std, out=v["std"][t])
+    z = torch.addcmul(mean, std, v["noise"][t], out=v["z"][t])
+    f = torch.addmm(b_z, z, w_z_t, out=v["f"][t]).relu_()
+    gi_rz, gi_n = torch.addmm(v["rnn_in"][t], f, w_latent_t).split([2 * size, size], dim=1)
+    reset, update = torch.sigmoid(gi_rz.add_(v["gh_rz"][t]), out=v["gates"][t]).chunk(2, dim=-1)
+    candidate = torch.tanh(gi_n.addcmul_(reset, v["gh_n"][t]), out=v["candidate"][t])
     rows = resample(t, h, mean, std, z, f) if resample is not None else None
     if rows is None:
-        torch.lerp(candidate, h, update, out=buf["h"][t + 1])
+        torch.lerp(candidate, h, update, out=v["h"][t + 1])
     else:
-        torch.index_select(torch.lerp(candidate, h, update), 0, rows, out=buf["h"][t + 1])
+        torch.index_select(torch.lerp(candidate, h, update), 0, rows, out=v["h"][t + 1])
     return rows
