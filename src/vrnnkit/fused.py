@@ -154,7 +154,7 @@ class _FusedFilter(torch.autograd.Function):
         # costs microseconds of Python per view, about as much as a small product.
         v = {name: x.unbind(0) for name, x in {
             "gi": d_gi, "gi_r": d_gi[..., :size], "gi_u": d_gi[..., size : 2 * size], "gi_n": d_gi[..., 2 * size :],
-            "gi_rz": d_gi[..., : 2 * size], "gh": d_gh, "gh_rz": d_gh[..., : 2 * size], "gh_n": d_gh[..., 2 * size :],
+            "gh": d_gh, "gh_r": d_gh[..., :size], "gh_u": d_gh[..., size : 2 * size], "gh_n": d_gh[..., 2 * size :],
             "f_pre": d_f_pre, "head": d_head, "head_mean": d_head[..., :z_dim], "head_std": d_head[..., z_dim:], "a0": d_a0,
             "k_n": d_n_of_h, "k_r": d_reset, "k_u": d_update, "reset": reset, "update": update, "f_on": f_on,
             "g_h": g_h, "g_f": g_f, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_on": a_on[0],
@@ -165,9 +165,11 @@ class _FusedFilter(torch.autograd.Function):
             if ctx.ancestors[t] is not None:  # the state was gathered: scatter its gradient back
                 d_h = zeros(batch, size).index_add_(0, ctx.ancestors[t], d_h)
             d_n = torch.mul(d_h, v["k_n"][t], out=v["gi_n"][t])
-            torch.mul(d_n, v["k_r"][t], out=v["gi_r"][t])
-            torch.mul(d_h, v["k_u"][t], out=v["gi_u"][t])
-            v["gh_rz"][t].copy_(v["gi_rz"][t])
+            # The reset and update columns of d_gi and d_gh are equal; computing them twice is
+            # cheaper than a copy_ between column slices (about 10x slower per element here).
+            for gi_or_gh in ("gi", "gh"):
+                torch.mul(d_n, v["k_r"][t], out=v[f"{gi_or_gh}_r"][t])
+                torch.mul(d_h, v["k_u"][t], out=v[f"{gi_or_gh}_u"][t])
             torch.mul(d_n, v["reset"][t], out=v["gh_n"][t])
             d_h_prev = torch.addcmul(v["g_h"][t], d_h, v["update"][t]).addmm_(v["gh"][t], w_hh)
             # f = relu(W_z z + b_z); z = mean + std * noise; std = softplus(raw) + min
