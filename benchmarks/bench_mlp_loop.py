@@ -100,7 +100,7 @@ def seconds_per_step(step, x: torch.Tensor, n: int) -> float:
 
 def time_cell(batch: int, steps_per_round: int, rounds: int) -> tuple[dict[str, float], int]:
     """Median seconds per training step of each implementation at one batch size, timed in
-    alternating rounds; and the parameter count (the same for all)."""
+    alternating rounds; and the step's arithmetic floor in seconds."""
     torch.manual_seed(0)
     x = (torch.rand(batch, STEPS, X_DIM) > 0.5).float()
     ours, unfused, naive = vrnnkit_model(True), vrnnkit_model(False), NaiveVRNN()
@@ -117,7 +117,23 @@ def time_cell(batch: int, steps_per_round: int, rounds: int) -> tuple[dict[str, 
     for _ in range(rounds):
         for name, step in steps.items():
             timings[name].append(seconds_per_step(step, x, steps_per_round))
-    return {name: statistics.median(times) for name, times in timings.items()}, n_ours
+    return {name: statistics.median(times) for name, times in timings.items()}, floor_seconds(unfused, x)
+
+
+def floor_seconds(model: vrnnkit.VRNN, x: torch.Tensor) -> float:
+    """The step's arithmetic floor: its matrix-product FLOPs (counted on the autograd loop,
+    the same products) at the rate this machine multiplies a (B*T, 200) x (200, 100) matrix now."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x).loss.backward()
+    a, b = torch.randn(x.shape[0] * x.shape[1], 200), torch.randn(200, 100)
+    a.mm(b)
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a.mm(b)
+    rate = 2 * a.shape[0] * 200 * 100 * repeats / (time.perf_counter() - start)
+    return counter.get_total_flops() / rate
 
 
 def main() -> None:
@@ -130,15 +146,18 @@ def main() -> None:
     print(f"torch {torch.__version__}; {STEPS} steps, x {X_DIM}, h {H_DIM}, z {Z_DIM}; "
           f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"median of {args.rounds} alternating rounds of {args.steps} steps; sequences/s, and the ratio to the naive loop")
-    print(f"{'batch':>5} {'threads':>7} {'vrnnkit':>9} {'autograd loop':>14} {'naive loop':>11} {'ratio':>7} {'autograd ratio':>15}")
+    print("bound: the naive loop's step time over the step's arithmetic floor, the most any ratio can be")
+    print(f"{'batch':>5} {'threads':>7} {'vrnnkit':>9} {'autograd loop':>14} {'naive loop':>11} {'ratio':>7} {'autograd ratio':>15}"
+          f" {'bound':>6} {'vrnnkit / floor':>16}")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for batch in args.batches:
-            seconds, _ = time_cell(batch, args.steps, args.rounds)
+            seconds, floor = time_cell(batch, args.steps, args.rounds)
             rate = {name: batch / value for name, value in seconds.items()}
             naive = rate["naive loop"]
             print(f"{batch:>5} {threads:>7} {rate['vrnnkit']:>9.0f} {rate['autograd loop']:>14.0f} {naive:>11.0f} "
-                  f"{rate['vrnnkit'] / naive:>6.2f}x {rate['autograd loop'] / naive:>14.2f}x", flush=True)
+                  f"{rate['vrnnkit'] / naive:>6.2f}x {rate['autograd loop'] / naive:>14.2f}x "
+                  f"{seconds['naive loop'] / floor:>5.1f}x {seconds['vrnnkit'] / floor:>15.1f}x", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
