@@ -5,7 +5,9 @@ every step records some thirty small nodes and multiplies each weight's gradient
 Here the forward pass runs without recording, keeps what the backward pass needs, and the
 backward pass walks the steps in reverse computing only the gradients that flow along time;
 the weight gradients are then one large matrix product per weight over all B*T rows, and the
-derivatives of the activations are computed once for all steps.
+factors the GRU's gradients need are computed once for all steps. Both passes are written for
+the CPU's per-operation costs (fewer, in-place operations per step; views made once); what
+each choice gained is measured in docs/performance.md.
 
 It computes exactly what ``VRNN._filter`` computes with autograd for these blocks; the tests
 compare both, gradients included. ``fused_filter_supported`` says when it applies: an ``mlp``
@@ -206,6 +208,7 @@ class _FusedFilter(torch.autograd.Function):
             d_gh.sum((0, 1)),
         ]
         return (None, None, None, d_a0, d_gi, None, d_h, *grads)
+
 
 def _relu_backward(grad: Tensor, output: Tensor, out: Tensor | None = None) -> Tensor:
     """``grad`` where the ReLU's ``output`` is positive, else 0 (into ``out``, default in place):
