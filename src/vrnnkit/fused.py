@@ -157,7 +157,7 @@ class _FusedFilter(torch.autograd.Function):
         reset, update = reset.contiguous(), update.contiguous()
 
         d_gi, d_gh = empty(steps, batch, 3 * size), empty(steps, batch, 3 * size)
-        d_f_pre, d_head, d_a0 = empty(f.shape).copy_(g_f), empty(steps, batch, 2 * z_dim), empty(a[0].shape)  # see forward
+        d_f_pre, d_head, d_a0 = g_f.clone(), empty(steps, batch, 2 * z_dim), empty(a[0].shape)  # see the forward pass
         d_a = [empty(x.shape) for x in acts]
         # Each step's rows of every array, as views made once: indexing and slicing a tensor
         # costs microseconds of Python per view, about as much as a small product.
