@@ -104,23 +104,15 @@ class _FusedFilter(torch.autograd.Function):
                "head": new(steps, batch, 2 * z_dim), "std": new(steps, batch, z_dim), "z": new(steps, batch, z_dim),
                "f": new(steps, batch, w_z.shape[0])}
         acts = [new(steps, batch, w.shape[1]) for w, _ in body]
-        # Biases and frame terms laid into the products' outputs for all steps at once: each
-        # step's product then adds to them in place (a separate addmm would first copy its
-        # bias into its output, one small copy per product and step).
-        for act, (_, b) in zip(acts, body, strict=True):
-            act.copy_(b)
-        buf["head"].copy_(b_head)
-        buf["f"].copy_(b_z)
-        gi = rnn_in.clone()
         buf["h"][0] = h
         # Each step's rows of every buffer, as views made once (see the backward pass).
         v = {name: x.unbind(0) for name, x in {
             "g": pre, "gh_rz": pre[..., : 2 * size], "gh_n": pre[..., 2 * size : 3 * size], "a0": pre[..., 3 * size :],
             "h": buf["h"], "gates": buf["gates"], "candidate": buf["candidate"], "head": buf["head"],
             "mean": buf["head"][..., :z_dim], "raw": buf["head"][..., z_dim:], "std": buf["std"], "z": buf["z"], "f": buf["f"],
-            "gi": gi, "noise": noise}.items()}
+            "rnn_in": rnn_in, "noise": noise}.items()}
         v["acts"] = list(zip(*(x.unbind(0) for x in acts), strict=True)) if acts else [()] * steps
-        weights_t = (w_cat_t, w_head.t(), w_z.t(), w_latent.t())
+        weights_t = (w_cat_t, w_head.t(), b_head, w_z.t(), b_z, w_latent.t())
         ancestors = [_forward_step(t, v, body, weights_t, min_std, resample) for t in range(steps)]
         ctx.n_body, ctx.min_std, ctx.ancestors = n_body, min_std, ancestors
         ctx.save_for_backward(noise, *weights, pre, *(buf[k] for k in ("h", "gates", "candidate", "std", "z", "f")), *acts)
@@ -142,7 +134,6 @@ class _FusedFilter(torch.autograd.Function):
         a = [pre[..., 3 * size :], *acts]  # the posterior's activations, first layer first
         gh_n, reset, update = pre[..., 2 * size : 3 * size], gates[..., :size], gates[..., size:]
         zeros, empty = h.new_zeros, h.new_empty
-        no_g_z = g_z is None  # z is rarely used outside the loop: its gradient is then all zeros
         g_h, g_mean, g_std, g_z, g_f = (
             g if g is not None else zeros(shape)
             for g, shape in ((g_h, h.shape), (g_mean, std.shape), (g_std, std.shape), (g_z, z.shape), (g_f, f.shape))
@@ -157,7 +148,7 @@ class _FusedFilter(torch.autograd.Function):
         reset, update = reset.contiguous(), update.contiguous()
 
         d_gi, d_gh = empty(steps, batch, 3 * size), empty(steps, batch, 3 * size)
-        d_f_pre, d_head, d_a0 = g_f.clone(), empty(steps, batch, 2 * z_dim), empty(a[0].shape)  # see the forward pass
+        d_f_pre, d_head, d_a0 = empty(f.shape), empty(steps, batch, 2 * z_dim), empty(a[0].shape)
         d_a = [empty(x.shape) for x in acts]
         # Each step's rows of every array, as views made once: indexing and slicing a tensor
         # costs microseconds of Python per view, about as much as a small product.
@@ -166,7 +157,7 @@ class _FusedFilter(torch.autograd.Function):
             "gh": d_gh, "gh_r": d_gh[..., :size], "gh_u": d_gh[..., size : 2 * size], "gh_n": d_gh[..., 2 * size :],
             "f_pre": d_f_pre, "head": d_head, "head_mean": d_head[..., :z_dim], "head_std": d_head[..., z_dim:], "a0": d_a0,
             "k_n": d_n_of_h, "k_r": d_reset, "k_u": d_update, "reset": reset, "update": update, "f": f,
-            "g_h": g_h, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_out": a[0],
+            "g_h": g_h, "g_f": g_f, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_out": a[0],
         }.items()}
         body_views = [(x.unbind(0), out.unbind(0)) for x, out in zip(d_a, a[1:], strict=True)]
         d_h = g_last if g_last is not None else zeros(batch, size)
@@ -182,8 +173,8 @@ class _FusedFilter(torch.autograd.Function):
             torch.mul(d_n, v["reset"][t], out=v["gh_n"][t])
             d_h_prev = torch.addcmul(v["g_h"][t], d_h, v["update"][t]).addmm_(v["gh"][t], w_hh)
             # f = relu(W_z z + b_z); z = mean + std * noise; std = softplus(raw) + min
-            d_f = _relu_backward(v["f_pre"][t].addmm_(v["gi"][t], w_latent), v["f"][t])
-            d_z = torch.mm(d_f, w_z) if no_g_z else torch.addmm(v["g_z"][t], d_f, w_z)
+            d_f = _relu_backward(torch.addmm(v["g_f"][t], v["gi"][t], w_latent, out=v["f_pre"][t]), v["f"][t])
+            d_z = torch.addmm(v["g_z"][t], d_f, w_z)
             torch.add(d_z, v["g_mean"][t], out=v["head_mean"][t])
             torch.addcmul(v["g_std"][t], d_z, v["noise"][t], out=v["head_std"][t])
             # Back through the posterior MLP to its first layer, which saw h_prev.
@@ -219,18 +210,18 @@ def _relu_backward(grad: Tensor, output: Tensor, out: Tensor | None = None) -> T
 def _forward_step(t: int, v: dict[str, Any], body: list[tuple[Tensor, Tensor]], w: tuple[Tensor, ...], min_std: float,
                   resample: Resampler | None) -> Tensor | None:
     """Step ``t`` of ``_FusedFilter.forward``, writing into the step's views ``v`` of the buffers."""
-    w_cat_t, w_head_t, w_z_t, w_latent_t = w
+    w_cat_t, w_head_t, b_head, w_z_t, b_z, w_latent_t = w
     h, size = v["h"][t], v["h"][t].shape[-1]
     v["g"][t].addmm_(h, w_cat_t)  # [gh | posterior pre-activation], bias and frame terms already in place
     a = v["a0"][t].relu_()
-    for (w_t, _), out in zip(body, v["acts"][t], strict=True):
-        a = out.addmm_(a, w_t).relu_()
+    for (w_t, b), out in zip(body, v["acts"][t], strict=True):
+        a = torch.addmm(b, a, w_t, out=out).relu_()
     mean = v["mean"][t]
-    v["head"][t].addmm_(a, w_head_t)
+    torch.addmm(b_head, a, w_head_t, out=v["head"][t])
     std = torch.add(torch.nn.functional.softplus(v["raw"][t]), min_std, out=v["std"][t])
     z = torch.addcmul(mean, std, v["noise"][t], out=v["z"][t])
-    f = v["f"][t].addmm_(z, w_z_t).relu_()
-    gi_rz, gi_n = v["gi"][t].addmm_(f, w_latent_t).split([2 * size, size], dim=1)
+    f = torch.addmm(b_z, z, w_z_t, out=v["f"][t]).relu_()
+    gi_rz, gi_n = torch.addmm(v["rnn_in"][t], f, w_latent_t).split([2 * size, size], dim=1)
     reset, update = torch.sigmoid(gi_rz.add_(v["gh_rz"][t]), out=v["gates"][t]).chunk(2, dim=-1)
     candidate = torch.tanh(gi_n.addcmul_(reset, v["gh_n"][t]), out=v["candidate"][t])
     rows = resample(t, h, mean, std, z, f) if resample is not None else None
