@@ -5,7 +5,7 @@ every step records some thirty small nodes and multiplies each weight's gradient
 Here the forward pass runs without recording, keeps what the backward pass needs, and the
 backward pass walks the steps in reverse computing only the gradients that flow along time;
 the weight gradients are then one large matrix product per weight over all B*T rows, and the
-factors the GRU's gradients need are computed once for all steps. Both passes are written for
+derivatives of the activations are computed once for all steps. Both passes are written for
 the CPU's per-operation costs (fewer, in-place operations per step; views made once); what
 each choice gained is measured in docs/performance.md.
 
@@ -142,6 +142,8 @@ class _FusedFilter(torch.autograd.Function):
         # steps is memory-bound: only what saves more than one pass per step is hoisted here.)
         d_softplus = -torch.expm1(ctx.min_std - std)  # sigmoid(raw), from std = softplus(raw) + min
         noise_sp, g_std_sp = noise * d_softplus, g_std * d_softplus
+        f_on = torch.sign(f)  # 1 where the ReLU passed, else 0: masks in the gradients' dtype,
+        a_on = [torch.sign(x) for x in a]  # one pass each (a bool operand is slower at every step)
         d_n_of_h = (1.0 - candidate.square()).mul_(1.0 - update)  # h = lerp(candidate, h_prev, update)
         d_reset = (reset * (1.0 - reset)).mul_(gh_n)  # contiguous: strided operands slow the step's products
         d_update = (update * (1.0 - update)).mul_(h - candidate)
@@ -156,10 +158,10 @@ class _FusedFilter(torch.autograd.Function):
             "gi": d_gi, "gi_r": d_gi[..., :size], "gi_u": d_gi[..., size : 2 * size], "gi_n": d_gi[..., 2 * size :],
             "gh": d_gh, "gh_r": d_gh[..., :size], "gh_u": d_gh[..., size : 2 * size], "gh_n": d_gh[..., 2 * size :],
             "f_pre": d_f_pre, "head": d_head, "head_mean": d_head[..., :z_dim], "head_std": d_head[..., z_dim:], "a0": d_a0,
-            "k_n": d_n_of_h, "k_r": d_reset, "k_u": d_update, "reset": reset, "update": update, "f": f,
-            "g_h": g_h, "g_f": g_f, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_out": a[0],
+            "k_n": d_n_of_h, "k_r": d_reset, "k_u": d_update, "reset": reset, "update": update, "f_on": f_on,
+            "g_h": g_h, "g_f": g_f, "g_z": g_z, "g_mean": g_mean, "g_std": g_std_sp, "noise": noise_sp, "a0_on": a_on[0],
         }.items()}
-        body_views = [(x.unbind(0), out.unbind(0)) for x, out in zip(d_a, a[1:], strict=True)]
+        body_views = [(x.unbind(0), on.unbind(0)) for x, on in zip(d_a, a_on[1:], strict=True)]
         d_h = g_last if g_last is not None else zeros(batch, size)
         for t in reversed(range(steps)):
             if ctx.ancestors[t] is not None:  # the state was gathered: scatter its gradient back
@@ -173,15 +175,15 @@ class _FusedFilter(torch.autograd.Function):
             torch.mul(d_n, v["reset"][t], out=v["gh_n"][t])
             d_h_prev = torch.addcmul(v["g_h"][t], d_h, v["update"][t]).addmm_(v["gh"][t], w_hh)
             # f = relu(W_z z + b_z); z = mean + std * noise; std = softplus(raw) + min
-            d_f = _relu_backward(torch.addmm(v["g_f"][t], v["gi"][t], w_latent, out=v["f_pre"][t]), v["f"][t])
+            d_f = torch.addmm(v["g_f"][t], v["gi"][t], w_latent, out=v["f_pre"][t]).mul_(v["f_on"][t])
             d_z = torch.addmm(v["g_z"][t], d_f, w_z)
             torch.add(d_z, v["g_mean"][t], out=v["head_mean"][t])
             torch.addcmul(v["g_std"][t], d_z, v["noise"][t], out=v["head_std"][t])
             # Back through the posterior MLP to its first layer, which saw h_prev.
             grad = v["head"][t].mm(w_head)
             for i in reversed(range(n_body)):
-                grad = _relu_backward(grad, body_views[i][1][t], out=body_views[i][0][t]).mm(body[i])
-            d_h = d_h_prev.addmm_(_relu_backward(grad, v["a0_out"][t], out=v["a0"][t]), w_state)
+                grad = torch.mul(grad, body_views[i][1][t], out=body_views[i][0][t]).mm(body[i])
+            d_h = d_h_prev.addmm_(torch.mul(grad, v["a0_on"][t], out=v["a0"][t]), w_state)
 
         def weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
             return d_out.reshape(-1, d_out.shape[-1]).t().mm(inputs.reshape(-1, inputs.shape[-1]))
@@ -199,13 +201,6 @@ class _FusedFilter(torch.autograd.Function):
             d_gh.sum((0, 1)),
         ]
         return (None, None, None, d_a0, d_gi, None, d_h, *grads)
-
-
-def _relu_backward(grad: Tensor, output: Tensor, out: Tensor | None = None) -> Tensor:
-    """``grad`` where the ReLU's ``output`` is positive, else 0 (into ``out``, default in place):
-    autograd's own kernel, with no mask computed beforehand."""
-    return torch.ops.aten.threshold_backward.grad_input(grad, output, 0, grad_input=grad if out is None else out)
-
 
 def _forward_step(t: int, v: dict[str, Any], body: list[tuple[Tensor, Tensor]], w: tuple[Tensor, ...], min_std: float,
                   resample: Resampler | None) -> Tensor | None:
