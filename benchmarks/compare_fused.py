@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -71,11 +72,17 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, loop in loops.items():
             times[name].append(round_of(loop, args.steps))
-    print(f"{torch.get_num_threads()} thread(s), batch {args.batch}, median of {args.rounds} rounds of {args.steps} steps")
+    print(f"{torch.get_num_threads()} thread(s), batch {args.batch}, median of {args.rounds} rounds of {args.steps} steps; "
+          f"load average {os.getloadavg()[0]:.2f}")
     base = statistics.median(next(iter(times.values())))
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:<32}{1e3 * median:8.1f} ms/step{args.batch / median:8.0f} seq/s{base / median:7.2f}x")
+    # Each round's two timings are adjacent in time: their ratio cancels most of the load.
+    before, after = times.values()
+    pairs = sorted(b / a for b, a in zip(before, after, strict=True))
+    quartiles = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
+    print(f"speed-up, median of the rounds' ratios: {quartiles[1]:.2f}x (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})")
 
 
 if __name__ == "__main__":
