@@ -1,19 +1,21 @@
 """Training throughput of the MLP VRNN against a naive per-step implementation.
 
 The configuration is the classic small one: 28-dimensional frames (sequential MNIST rows),
-h 100, z 16, one-layer GRU, batch 128, 28 steps, Adam, gradient clipping before the step.
+h 100, z 16, one-layer GRU, 28 steps, Adam, gradient clipping before the step.
 The naive model, written here, has the same layers and the same parameter count but runs
 everything inside the time loop, encoder and decoder included, as the reference PyTorch VRNN
 does. vrnnkit runs twice: with its fused time loop (the default) and with the plain autograd
 loop. All are timed in the same process, in alternating rounds, with the same fused Adam, and
-the script prints sequences per second for each and the ratios.
+the script prints sequences per second for each and the ratios, for every batch size and
+thread count of the grid (default: batch 8, 32, 128 on 1 and 2 threads; `make bench`).
 
-    python benchmarks/bench_mlp_loop.py [--steps 30] [--rounds 5] [--threads 2]
+    python benchmarks/bench_mlp_loop.py [--steps 10] [--rounds 5] [--threads 1 2] [--batches 8 32 128]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -23,7 +25,7 @@ from torch import nn
 
 import vrnnkit
 
-X_DIM, H_DIM, Z_DIM, BATCH, STEPS = 28, 100, 16, 128, 28
+X_DIM, H_DIM, Z_DIM, STEPS = 28, 100, 16, 28
 
 
 class NaiveVRNN(nn.Module):
@@ -96,42 +98,67 @@ def seconds_per_step(step, x: torch.Tensor, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30, help="training steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def time_cell(batch: int, steps_per_round: int, rounds: int) -> tuple[dict[str, float], int]:
+    """Median seconds per training step of each implementation at one batch size, timed in
+    alternating rounds; and the step's arithmetic floor in seconds."""
     torch.manual_seed(0)
-
-    x = (torch.rand(BATCH, STEPS, X_DIM) > 0.5).float()
+    x = (torch.rand(batch, STEPS, X_DIM) > 0.5).float()
     ours, unfused, naive = vrnnkit_model(True), vrnnkit_model(False), NaiveVRNN()
     n_ours, n_naive = ours.num_parameters(), sum(p.numel() for p in naive.parameters())
     assert n_ours == n_naive, f"parameter counts differ: vrnnkit {n_ours}, naive {n_naive}"
     steps = {
         "vrnnkit": make_step(ours, lambda m, x: m(x).loss),
-        "vrnnkit, autograd loop": make_step(unfused, lambda m, x: m(x).loss),
+        "autograd loop": make_step(unfused, lambda m, x: m(x).loss),
         "naive loop": make_step(naive, lambda m, x: m(x)),
     }
     for step in steps.values():  # warm-up: allocator, Adam state
         seconds_per_step(step, x, 3)
     timings: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, step in steps.items():
-            timings[name].append(seconds_per_step(step, x, args.steps))
+            timings[name].append(seconds_per_step(step, x, steps_per_round))
+    return {name: statistics.median(times) for name, times in timings.items()}, floor_seconds(unfused, x)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {BATCH}, {STEPS} steps, "
-          f"x {X_DIM}, h {H_DIM}, z {Z_DIM}; {n_ours:,} parameters each")
-    rates = {}
-    for name, times in timings.items():
-        best, median = min(times), statistics.median(times)
-        rates[name] = BATCH / median
-        print(f"{name:>22}: {BATCH / median:8.0f} sequences/s (median of {args.rounds} rounds), "
-              f"{BATCH / best:8.0f} best, {1000 * median:6.1f} ms/step")
-    naive_rate = rates["naive loop"]
-    print(f"speed-up over the naive loop (median): vrnnkit {rates['vrnnkit'] / naive_rate:.2f}x, "
-          f"with the autograd loop {rates['vrnnkit, autograd loop'] / naive_rate:.2f}x")
+
+def floor_seconds(model: vrnnkit.VRNN, x: torch.Tensor) -> float:
+    """The step's arithmetic floor: its matrix-product FLOPs (counted on the autograd loop,
+    the same products) at the rate this machine multiplies a (B*T, 200) x (200, 100) matrix now."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(x).loss.backward()
+    a, b = torch.randn(x.shape[0] * x.shape[1], 200), torch.randn(200, 100)
+    a.mm(b)
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a.mm(b)
+    rate = 2 * a.shape[0] * 200 * 100 * repeats / (time.perf_counter() - start)
+    return counter.get_total_flops() / rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per implementation")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128])
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}; {STEPS} steps, x {X_DIM}, h {H_DIM}, z {Z_DIM}; "
+          f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(f"median of {args.rounds} alternating rounds of {args.steps} steps; sequences/s, and the ratio to the naive loop")
+    print("bound: the naive loop's step time over the step's arithmetic floor, the most any ratio can be")
+    print(f"{'batch':>5} {'threads':>7} {'vrnnkit':>9} {'autograd loop':>14} {'naive loop':>11} {'ratio':>7} {'autograd ratio':>15}"
+          f" {'bound':>6} {'vrnnkit / floor':>16}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch in args.batches:
+            seconds, floor = time_cell(batch, args.steps, args.rounds)
+            rate = {name: batch / value for name, value in seconds.items()}
+            naive = rate["naive loop"]
+            print(f"{batch:>5} {threads:>7} {rate['vrnnkit']:>9.0f} {rate['autograd loop']:>14.0f} {naive:>11.0f} "
+                  f"{rate['vrnnkit'] / naive:>6.2f}x {rate['autograd loop'] / naive:>14.2f}x "
+                  f"{seconds['naive loop'] / floor:>5.1f}x {seconds['vrnnkit'] / floor:>15.1f}x", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

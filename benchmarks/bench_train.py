@@ -65,9 +65,10 @@ def naive_loss(model: vrnnkit.VRNN, x: Tensor, noise: Tensor) -> Tensor:
 def floor_loss(model: vrnnkit.VRNN, x: Tensor, latent: Tensor, h: Tensor) -> Tensor:
     """The encoder and decoder over all B*T frames, no recurrence: the floor. They run as the
     model runs them (in cache-sized chunks of frames on the CPU)."""
-    features = model._encode(x)
+    features, maps = model._encode(x)
     filtered = SimpleNamespace(f=latent.view(*x.shape[:2], -1), h=h.view(*x.shape[:2], -1))
-    return -model._log_prob_frames(x, filtered).sum() / x.shape[0] + features.square().mean()
+    nll = -model._log_prob_frames(x, filtered, model._references(maps, x.shape[1]))
+    return nll.sum() / x.shape[0] + features.square().mean()
 
 
 def make_train_step(model: vrnnkit.VRNN, x: Tensor, generator: torch.Generator, precision: str, device: torch.device) -> Callable[[], None]:

@@ -16,6 +16,7 @@ from rich.text import Text
 from vrnnkit._version import __version__
 from vrnnkit.budget import memory_message, out_of_memory
 from vrnnkit.errors import RunError, VRNNKitError
+from vrnnkit.threads import choose_threads
 
 app = typer.Typer(
     name="vrnnkit",
@@ -120,6 +121,7 @@ def main_options(
     """
     if debug:
         os.environ["VRNNKIT_DEBUG"] = "1"
+    choose_threads()  # PyTorch's thread count, capped at the idle cores unless OMP_NUM_THREADS is set
 
 
 def main() -> None:
