@@ -13,30 +13,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
-
-import vrnnkit
+from _vector_step import seconds_per_step, vector_setup
 
 
 def time_batch(batch: int, threads: int, steps: int, rounds: int) -> tuple[float, float]:
     """Median seconds per training step on 1 thread and on ``threads``, alternating rounds."""
-    torch.manual_seed(0)
-    config = vrnnkit.VRNNConfig(frame_shape=(28,), h_dim=100, z_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli")
-    model = vrnnkit.VRNN(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x = (torch.rand(batch, 28, 28) > 0.5).float()
+    model, optimizer, x = vector_setup(batch)
 
     def round_of(count: int, n: int) -> float:
         torch.set_num_threads(count)
-        start = time.perf_counter()
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            model(x).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-        return (time.perf_counter() - start) / n
+        return seconds_per_step(model, optimizer, x, n)
 
     round_of(1, 2)
     round_of(threads, 2)

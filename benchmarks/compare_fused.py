@@ -17,12 +17,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _vector_step import seconds_per_step, vector_setup
 
-import vrnnkit
 import vrnnkit.model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,22 +48,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     loops = {f"fused loop at {args.rev}": load_fused(args.rev).fused_filter, "fused loop of this tree": vrnnkit.model.fused_filter}
-    config = vrnnkit.VRNNConfig(frame_shape=(28,), h_dim=100, z_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli")
-    model = vrnnkit.VRNN(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    x = (torch.rand(args.batch, 28, 28) > 0.5).float()
+    model, optimizer, x = vector_setup(args.batch)
 
     def round_of(loop, n: int) -> float:
         vrnnkit.model.fused_filter = loop
-        start = time.perf_counter()
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            model(x).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-        return (time.perf_counter() - start) / n
+        return seconds_per_step(model, optimizer, x, n)
 
     for loop in loops.values():
         round_of(loop, 3)

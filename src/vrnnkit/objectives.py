@@ -110,12 +110,19 @@ def _iwae_terms(
     return _path_terms(model, x, filtered, reference, step_mask, particles)
 
 
+def _repeat(x: Tensor, particles: int) -> Tensor:
+    """The frames once per particle, particle-major like the filter's rows."""
+    return x.repeat(particles, *([1] * (x.dim() - 1)))
+
+
 def _path_terms(
     model: VRNN, x: Tensor, filtered: Filtered, reference: list[Tensor] | None, step_mask: Tensor | None, particles: int,
+    *, xs: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The three log-densities of every filtered path at every step, over all steps at once."""
+    """The three log-densities of every filtered path at every step, over all steps at once;
+    ``xs`` is ``x`` already repeated per particle, when the caller has it."""
     mean_p, std_p = model._prior(filtered.h)
-    xs = x.repeat(particles, *([1] * (x.dim() - 1)))
+    xs = _repeat(x, particles) if xs is None else xs
     terms = (
         model._log_prob_frames(xs, filtered, skips.repeat(reference, particles)),
         normal_log_prob(filtered.z, mean_p, std_p).sum(-1),
@@ -158,9 +165,10 @@ def _fivo(
     noise = model._noise(steps, particles * batch, x, generator)
     uniforms = rand((steps, batch), generator=generator, device=x.device, dtype=x.dtype)
     observed = step_mask if step_mask is not None else x.new_ones(batch, steps)
-    hook = _Resampler(model, x, reference, observed, particles, latent_weight, threshold, uniforms)
+    xs = _repeat(x, particles)
+    hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms)
     filtered = model._filter(features, noise, particles=particles, resample=hook)
-    terms = _path_terms(model, x, filtered, reference, step_mask, particles)
+    terms = _path_terms(model, x, filtered, reference, step_mask, particles, xs=xs)
     log_alpha = (terms[0] + latent_weight * (terms[1] - terms[2])).view(particles, batch, steps)
     return _bound(log_alpha, hook.events), terms
 
@@ -172,14 +180,14 @@ class _Resampler:
     ``events`` keeps, per step, None or (resampled (B,), ancestors (K, B), the log weights the
     ancestors were drawn with (K, B))."""
 
-    def __init__(self, model: VRNN, x: Tensor, reference: list[Tensor] | None, observed: Tensor, particles: int,
+    def __init__(self, model: VRNN, xs: Tensor, reference: list[Tensor] | None, observed: Tensor, particles: int,
                  latent_weight: float, threshold: float, uniforms: Tensor) -> None:
         self.model, self.particles, self.latent_weight, self.threshold, self.uniforms = model, particles, latent_weight, threshold, uniforms
-        batch, steps = x.shape[:2]
-        self.frames = x.repeat(particles, *([1] * (x.dim() - 1))).unbind(1)
+        batch, steps = observed.shape
+        self.frames = xs.unbind(1)  # the frames repeated per particle (particles * B, T, ...)
         self.reference = _per_step(skips.repeat(reference, particles), particles * batch, steps)
         self.observed = observed > 0
-        self.log_weights = x.new_zeros(particles, batch)
+        self.log_weights = xs.new_zeros(particles, batch)
         self.events: list[tuple[Tensor, Tensor, Tensor] | None] = []
 
     @torch.no_grad()
