@@ -362,3 +362,35 @@ def test_skip_decoders_take_each_steps_reference_in_both_objectives(objective):
     many = model(x, objective=objective, particles=5, generator=_seeded(), resample_threshold=1.0)
     many.loss.backward()
     assert torch.isfinite(many.elbo).all() and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_fivo_resamples_on_the_model_without_dropout_and_keeps_each_blocks_mode(monkeypatch):
+    """The loop's scoring runs the prior and decoder in eval mode: with dropout in them the
+    resampling decisions are those of the same weights without dropout, while the bound's pass
+    (with gradients) still draws dropout masks; every block is back in its own mode after."""
+    import vrnnkit.objectives as objectives
+
+    drawn = []
+    original = objectives.systematic_ancestors
+
+    def recording(log_weights, uniform):
+        ancestors = original(log_weights, uniform)
+        drawn.append(ancestors.clone())
+        return ancestors
+
+    monkeypatch.setattr(objectives, "systematic_ancestors", recording)
+    x = _bits(steps=12)
+    runs = {}
+    for dropout in (0.0, 0.5):
+        model = _model(prior_options={"dropout": dropout}, decoder_options={"dropout": dropout}).train()
+        model.prior.eval()  # a block the user set to eval mode stays there
+        drawn.clear()
+        out = model(x, objective="fivo", particles=6, generator=_seeded(), resample_threshold=0.9)
+        assert drawn, "the filter never resampled"
+        runs[dropout] = (list(drawn), float(out.loss.detach()))
+        assert model.training and model.decoder.training and not model.prior.training
+        assert all(m.training for m in model.decoder.modules())
+    assert len(runs[0.0][0]) == len(runs[0.5][0])
+    for a, b in zip(runs[0.0][0], runs[0.5][0], strict=True):
+        assert torch.equal(a, b)
+    assert runs[0.0][1] != runs[0.5][1]  # the bound's own pass does use dropout
