@@ -29,6 +29,11 @@ class VRNNConfig:
     ``frame_shape=None`` describes a model whose frames are not known yet (a training config,
     whose data decides them): its names are checked, ``auto`` blocks and the feature sizes stay
     unresolved until ``with_frame_shape``, and it cannot build a VRNN.
+
+    ``frame_difference`` feeds phi_x the frame and its change from the previous frame
+    (``[x_t, x_t - x_{t-1}]``, zeros before the first frame), so that motion is in what the
+    encoder sees rather than something the recurrence must work out from two states; ``None``
+    (the training default) turns it on for image frames.
     """
 
     frame_shape: tuple[int, ...] | None = None
@@ -39,6 +44,7 @@ class VRNNConfig:
     rnn_layers: int = 1
     skip_context: int = 0  # skip decoders: 0 = skips from the previous frame; N = held after frame N
     skip_residual: bool = False  # skip decoders: predict the change from the reference frame
+    frame_difference: bool | None = False  # phi_x also reads x_t - x_{t-1}; None: on for image frames
     encoder: str = "auto"
     decoder: str = "auto"
     prior: str = "mlp"
@@ -75,7 +81,11 @@ class VRNNConfig:
             raise ConfigError(f"skip_context must be a whole number >= 0, got {self.skip_context!r}")
         if not isinstance(self.skip_residual, bool):
             raise ConfigError(f"skip_residual must be true or false, got {self.skip_residual!r}")
+        if self.frame_difference is not None and not isinstance(self.frame_difference, bool):
+            raise ConfigError(f"frame_difference must be true or false (or unset: on for image frames), got {self.frame_difference!r}")
         if shape is not None:
+            if self.frame_difference is None:
+                self.frame_difference = self.is_image
             if self.decoder == "auto":
                 self.decoder = "convT" if self.is_image else "mlp"
             if self.encoder == "auto":  # a skip decoder gets the encoder that feeds it

@@ -6,7 +6,9 @@ deterministic:
     OUT.onnx         the generative step  (state, noise) -> (params, frame, next_state)
     OUT.filter.onnx  the filtering step   (frame, state, noise) -> (next_state, z)
 
-``state`` is the recurrent state (B, state_size), zeros at the start; ``noise`` is standard
+``state`` is the model's carried state (B, ``state_size(model)``): the recurrent state, then the
+last frame (``frame_difference`` models) and the skip reference (skip decoders), flattened;
+zeros at the start of a sequence. ``noise`` is standard
 normal (B, z_dim); ``frame`` is the likelihood's mean, fed back by the next generative step;
 ``params`` are the likelihood's parameters (B, P, *frame). A rollout therefore needs only a
 loop, numpy and onnxruntime (``examples/onnx_inference.py``). After writing, the export runs a
@@ -44,21 +46,31 @@ class ExportError(RunError):
 
 
 def state_size(model: VRNN) -> int:
-    """Width of the exported graphs' ``state``: the recurrent state, then, for a skip decoder,
-    the flattened skip reference (the frame and its feature maps, see ``vrnnkit.skips``)."""
-    return model.rnn.state_size + sum(math.prod(shape) for shape in model.reference_shapes())
+    """Width of the exported graphs' ``state``: the recurrent state, then, for a
+    ``frame_difference`` model, the last frame (flattened), then, for a skip decoder, the
+    flattened skip reference (the frame and its feature maps, see ``vrnnkit.skips``). A state
+    of zeros is the start of a sequence."""
+    return model.rnn.state_size + sum(math.prod(shape) for shape in _carried_shapes(model))
 
 
-def _unpack(model: VRNN, state: Tensor) -> tuple[Tensor, list[Tensor] | None]:
-    sizes = [model.rnn.state_size] + [math.prod(s) for s in model.reference_shapes()]
-    rnn_state, *flat = state.split(sizes, dim=1)
-    if not model.uses_skips:
-        return rnn_state, None
-    return rnn_state, [f.reshape(-1, *s) for f, s in zip(flat, model.reference_shapes(), strict=True)]
+def _carried_shapes(model: VRNN) -> list[tuple[int, ...]]:
+    """The shapes the state carries after the recurrent state: the last frame, the reference."""
+    last = [model.config.frame_shape] if model.config.frame_difference else []
+    return last + model.reference_shapes()
 
 
-def _pack(rnn_state: Tensor, reference: list[Tensor] | None) -> Tensor:
-    return rnn_state if reference is None else torch.cat([rnn_state, *(r.flatten(1) for r in reference)], dim=1)
+def _unpack(model: VRNN, state: Tensor) -> tuple[Tensor, Tensor | None, list[Tensor] | None]:
+    """(recurrent state, last frame or None, skip reference or None) from a packed state."""
+    shapes = _carried_shapes(model)
+    rnn_state, *flat = state.split([model.rnn.state_size] + [math.prod(s) for s in shapes], dim=1)
+    carried = [f.reshape(-1, *s) for f, s in zip(flat, shapes, strict=True)]
+    last = carried.pop(0) if model.config.frame_difference else None
+    return rnn_state, last, (carried if model.uses_skips else None)
+
+
+def _pack(rnn_state: Tensor, last: Tensor | None, reference: list[Tensor] | None) -> Tensor:
+    carried = ([] if last is None else [last]) + (reference or [])
+    return torch.cat([rnn_state, *(c.flatten(1) for c in carried)], dim=1) if carried else rnn_state
 
 
 class GenerativeStep(nn.Module):
@@ -73,11 +85,11 @@ class GenerativeStep(nn.Module):
         self.model = model
 
     def forward(self, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        rnn_state, reference = _unpack(self.model, state)
-        params, frame, next_state, new_reference = self.model.generate_step(rnn_state, noise, reference)
+        rnn_state, last, reference = _unpack(self.model, state)
+        params, frame, next_state, new_reference = self.model.generate_step(rnn_state, noise, reference, previous=last)
         if self.model.uses_skips and self.model.config.skip_context == 0:
             reference = new_reference
-        return params, frame, _pack(next_state, reference)
+        return params, frame, _pack(next_state, frame if last is not None else None, reference)
 
 
 class FilterStep(nn.Module):
@@ -89,9 +101,9 @@ class FilterStep(nn.Module):
         self.model = model
 
     def forward(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        rnn_state, _ = _unpack(self.model, state)
-        next_state, z, reference = self.model.filter_step(frame, rnn_state, noise, with_reference=True)
-        return _pack(next_state, reference), z
+        rnn_state, last, _ = _unpack(self.model, state)
+        next_state, z, reference = self.model.filter_step(frame, rnn_state, noise, previous=last, with_reference=True)
+        return _pack(next_state, frame if last is not None else None, reference), z
 
 
 def filter_path(out: Path) -> Path:

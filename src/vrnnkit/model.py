@@ -55,7 +55,7 @@ class VRNN(nn.Module):
         self.config = config
         c = config
         self.likelihood = c.build_block("likelihood")
-        self.encoder = c.build_block("encoder", frame_shape=c.frame_shape, out_dim=c.feature_dim)
+        self.encoder = c.build_block("encoder", frame_shape=self.encoder_input_shape, out_dim=c.feature_dim)
         self.prior = c.build_block("prior", h_dim=c.h_dim, z_dim=c.z_dim)
         self.posterior = c.build_block("posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.latent_feature_dim), nn.ReLU())
@@ -224,7 +224,8 @@ class VRNN(nn.Module):
         filtered = self._filter(features, self._noise(steps, batch * samples, context, generator))
         last = skips.last_frame(maps, batch, steps, samples)
         hold = steps if self.config.skip_context > 0 else 0  # the last context frame is held
-        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold)
+        previous = context[:, -1].repeat_interleave(samples, dim=0)
+        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous)
         return frames.view(batch, samples, horizon, *self.config.frame_shape)
 
     # ------------------------------------------------------------------ the recurrence
@@ -279,14 +280,16 @@ class VRNN(nn.Module):
         self._compiled_step = torch.compile(self._recurrent_step, **options)
 
     def filter_step(
-        self, frame: Tensor, state: Tensor, noise: Tensor, *, with_reference: bool = False
+        self, frame: Tensor, state: Tensor, noise: Tensor, *, previous: Tensor | None = None, with_reference: bool = False
     ) -> tuple[Tensor, ...]:
         """One step of filtering a real frame (B, *frame) from ``state`` with posterior noise
         (B, z_dim): the next state and the latent z_t drawn from q, and with
         ``with_reference`` the frame's skip reference (None without a skip decoder).
+        ``previous`` is the frame before this one (None: zeros, as before a sequence's first
+        frame); only a ``frame_difference`` model reads it.
 
         The exported ONNX filtering graph is this function."""
-        e, reference = self._encode_frame(frame)
+        e, reference = self._encode_frame(frame, previous)
         mean, std = self.posterior(e, self.rnn.output(state))
         z = torch.addcmul(mean, std, noise)
         next_state = self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state)
@@ -298,13 +301,16 @@ class VRNN(nn.Module):
         noise: Tensor,
         reference: list[Tensor] | None = None,
         *,
+        previous: Tensor | None = None,
         mean: bool = True,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor] | None]:
         """One step of generation from ``state`` with prior noise (B, z_dim): the likelihood's
         parameters, the frame (its mean, or a draw with ``mean=False``), the next state and,
         for a skip decoder, the new frame's reference (None otherwise). ``reference`` is the
-        skip reference of this step (see ``vrnnkit.skips``; None: zeros, as at step 0).
+        skip reference of this step (see ``vrnnkit.skips``; None: zeros, as at step 0);
+        ``previous`` the frame before the one generated now (None: zeros), which a
+        ``frame_difference`` model encodes the new frame against.
 
         The exported ONNX and torch.export graphs are this function."""
         h = self.rnn.output(state)
@@ -314,15 +320,33 @@ class VRNN(nn.Module):
             reference = skips.zeros(self.reference_shapes(), state.shape[0], state)
         params = self._decode(f, h, reference)
         frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
-        features, new_reference = self._encode_frame(frame)
+        features, new_reference = self._encode_frame(frame, previous)
         return params, frame, self.rnn.step(self.rnn.precompute(features), f, state), new_reference
 
-    def _encode_frame(self, frame: Tensor) -> tuple[Tensor, list[Tensor] | None]:
-        """phi_x of one frame per sequence, and its skip reference when the decoder takes one."""
+    def _encode_frame(self, frame: Tensor, previous: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
+        """phi_x of one frame per sequence (after ``previous``, None: zeros), and its skip
+        reference when the decoder takes one."""
+        seen = self._encoder_input(frame, previous)
         if not self.uses_skips:
-            return self.encoder(frame), None
-        features, maps = self.encoder.encode(frame)
+            return self.encoder(seen), None
+        features, maps = self.encoder.encode(seen)
         return features, [frame, *maps]
+
+    @property
+    def encoder_input_shape(self) -> tuple[int, ...]:
+        """The shape of what phi_x reads per frame: the frame's, with the channels (or the
+        vector) doubled for ``frame_difference``."""
+        shape = self.config.frame_shape
+        return (2 * shape[0], *shape[1:]) if self.config.frame_difference else shape
+
+    def _encoder_input(self, frames: Tensor, previous: Tensor | None) -> Tensor:
+        """What phi_x reads of ``frames`` (N, *frame): the frames themselves, or with
+        ``frame_difference`` the frames and their change from ``previous`` (None: zeros) on
+        the channel (or vector) axis."""
+        if not self.config.frame_difference:
+            return frames
+        change = frames if previous is None else frames - previous
+        return torch.cat([frames, change], dim=1)
 
     def _decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
         """The likelihood's parameters from the latent features, h_{t-1} and, for a skip
@@ -346,20 +370,25 @@ class VRNN(nn.Module):
         *,
         first: int,
         hold: int,
+        previous: Tensor | None = None,
     ) -> Tensor:
         """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back.
 
-        ``first`` is the index of the first generated frame in its sequence and ``reference``
-        the skip reference of that step. A generated frame becomes the reference while its index
-        is below ``hold`` (always when ``hold`` is 0): ``vrnnkit.skips``' rule."""
+        ``first`` is the index of the first generated frame in its sequence, ``reference`` the
+        skip reference of that step and ``previous`` the frame before it (None: zeros). A
+        generated frame becomes the reference while its index is below ``hold`` (always when
+        ``hold`` is 0): ``vrnnkit.skips``' rule."""
         frames = []
         shape = (state.shape[0], self.config.z_dim)
         for t in range(first, first + steps):
             noise = randn(shape, generator=generator, device=state.device, dtype=state.dtype)
-            _, frame, state, new_reference = self.generate_step(state, noise, reference, mean=use_mean, generator=generator)
+            _, frame, state, new_reference = self.generate_step(
+                state, noise, reference, previous=previous, mean=use_mean, generator=generator
+            )
             if hold == 0 or t < hold:
                 reference = new_reference
             frames.append(frame)
+            previous = frame
         return torch.stack(frames, dim=1)
 
     # ------------------------------------------------------------------ helpers
@@ -368,7 +397,11 @@ class VRNN(nn.Module):
         """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
         skip decoder, the reference of every frame (the frames, then each level of maps)."""
         frames = x.flatten(0, 1)
-        parts = frames.split(self._frame_chunk(frames))
+        if self.config.frame_difference:  # the previous frame of each frame, zeros before the first
+            previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1).flatten(0, 1)
+            parts = self._encoder_input(frames, previous).split(self._frame_chunk(frames))
+        else:
+            parts = frames.split(self._frame_chunk(frames))
         if not self.uses_skips:
             return torch.cat([self.encoder(p) for p in parts]).view(x.shape[0], x.shape[1], -1), None
         encoded = [self.encoder.encode(p) for p in parts]

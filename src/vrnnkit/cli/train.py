@@ -52,6 +52,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("layers", MODEL, "Recurrent layers.", {"min": 1}),
     ("skip_context", MODEL, "Skip decoders: 0 takes skips from the previous frame; N from the previous frame up to frame N, then holds frame N (SVG).", {"min": 0}),
     ("skip_residual", MODEL, "Skip decoders: predict the change from the skip frame (copying it is where training starts).", {}),
+    ("frame_difference", MODEL, "The encoder also reads each frame's change from the previous one, so motion is in what it sees (default: on for images, off for vectors).", {}),
     ("steps", OPTIMISATION, f"Optimiser steps ({DEFAULT_STEPS} when --epochs is not given).", {"min": 1}),
     ("epochs", OPTIMISATION, "Passes over the training windows, instead of --steps.", {"min": 1}),
     ("batch_size", OPTIMISATION, "Sequences per batch (per process with --nproc).", {"min": 1}),
@@ -105,7 +106,7 @@ def _parameters() -> list[inspect.Parameter]:
         kind = TYPES[types[name].split("|")[0].strip()]
         if kind is bool:  # a flag: no value to show, no default to print
             flag = name.replace("_", "-")
-            names = f"--{flag}/--no-{flag}" if defaults[name] else f"--{flag}"
+            names = f"--{flag}/--no-{flag}" if defaults[name] is not False else f"--{flag}"
             info = typer.Option(names, help=text, show_default=False, metavar="", rich_help_panel=panel)
         else:
             shown = text if defaults[name] is None else f"{text.rstrip('.')} (default {defaults[name]})."

@@ -30,13 +30,13 @@ DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few mi
 
 # The defaults make `vrnnkit train` with no arguments a run of a few minutes on a 2-core CPU
 # that ends with recognisable, moving balls; larger data wants larger settings.
-MODEL_DEFAULTS: dict[str, Any] = {"h_dim": 64}
+MODEL_DEFAULTS: dict[str, Any] = {"h_dim": 64, "frame_difference": None}  # None: on for image frames
 
 MODEL_OPTIONS = {
     "encoder": "encoder", "decoder": "decoder", "prior": "prior", "posterior": "posterior", "rnn": "rnn",
     "likelihood": "likelihood", "h_dim": "h_dim", "z_dim": "z_dim", "feature_dim": "feature_dim",
     "latent_feature_dim": "latent_feature_dim", "layers": "rnn_layers",
-    "skip_context": "skip_context", "skip_residual": "skip_residual",
+    "skip_context": "skip_context", "skip_residual": "skip_residual", "frame_difference": "frame_difference",
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
 LR_SCHEDULES = ("constant", "cosine")
@@ -302,6 +302,8 @@ def _run_config(path: Path, problem: str) -> dict[str, Any]:
         raise ConfigError(problem) from None
     if not isinstance(options, dict):
         raise ConfigError(problem)
+    # Runs written before frame_difference existed were trained without it.
+    options.setdefault("frame_difference", False)
     return options
 
 
