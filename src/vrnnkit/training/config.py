@@ -30,7 +30,7 @@ DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few mi
 
 # The defaults make `vrnnkit train` with no arguments a run of a few minutes on a 2-core CPU
 # that ends with recognisable, moving balls; larger data wants larger settings.
-MODEL_DEFAULTS: dict[str, Any] = {"h_dim": 64, "frame_difference": None}  # None: on for image frames
+MODEL_DEFAULTS: dict[str, Any] = {"frame_difference": None}  # None: on for image frames
 
 MODEL_OPTIONS = {
     "encoder": "encoder", "decoder": "decoder", "prior": "prior", "posterior": "posterior", "rnn": "rnn",
