@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from vrnnkit import VRNN, VRNNConfig
+from vrnnkit import VRNN, VRNNConfig, inputs
 from vrnnkit.distributions import normal_kl
 from vrnnkit.training import TrainConfig
 
@@ -48,9 +48,9 @@ def test_the_encoder_reads_twice_the_channels_and_a_static_clip_has_no_change():
     model = _model()
     assert model.encoder_input_shape == (2, 16, 12)
     still = torch.rand(1, 1, 16, 12, dtype=torch.float64).expand(4, 1, 16, 12)
-    seen = model._encoder_input(still[1:], still[:-1])
+    seen = inputs.encoder_input(still[1:], still[:-1], True)
     assert torch.equal(seen[:, 1], torch.zeros_like(seen[:, 1]))
-    assert torch.equal(model._encoder_input(still[:1], None)[:, 1], still[0])  # before the first frame: zeros
+    assert torch.equal(inputs.encoder_input(still[:1], None, True)[:, 1], still[0])  # before the first frame: zeros
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -62,7 +62,7 @@ def test_prediction_differences_against_the_last_context_frame_then_each_generat
     x = torch.rand(2, 4, 1, 16, 12, dtype=torch.float64)
     predicted = model.predict(x, 3, generator=torch.Generator().manual_seed(5))[:, 0]
     generator = torch.Generator().manual_seed(5)
-    features, maps = model._encode(x)
+    features, _ = model._encode(x)
     state = model._filter(features, model._noise(4, 2, x, generator)).state
     previous = x[:, -1]
     reference = [previous, *model.encoder.encode(torch.cat([previous, previous - x[:, -2]], 1))[1]] if skip else None

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import vrnnkit.inputs as inputs
 import vrnnkit.objectives as objectives
 import vrnnkit.skips as skips
 from vrnnkit._checks import check_counts
 from vrnnkit.config import VRNNConfig
 from vrnnkit.distributions import normal_kl, randn
-from vrnnkit.errors import ConfigError, DataError
+from vrnnkit.errors import ConfigError
 from vrnnkit.fused import Resampler, fused_filter, fused_filter_supported
 from vrnnkit.masking import masked, zero_padding
 from vrnnkit.outputs import Filtered, VRNNOutput
@@ -284,9 +285,8 @@ class VRNN(nn.Module):
     ) -> tuple[Tensor, ...]:
         """One step of filtering a real frame (B, *frame) from ``state`` with posterior noise
         (B, z_dim): the next state and the latent z_t drawn from q, and with
-        ``with_reference`` the frame's skip reference (None without a skip decoder).
-        ``previous`` is the frame before this one (None: zeros, as before a sequence's first
-        frame); only a ``frame_difference`` model reads it.
+        ``with_reference`` the frame's skip reference (None without a skip decoder);
+        ``previous``: the frame before (None: zeros), read by ``frame_difference`` models.
 
         The exported ONNX filtering graph is this function."""
         e, reference = self._encode_frame(frame, previous)
@@ -309,8 +309,7 @@ class VRNN(nn.Module):
         parameters, the frame (its mean, or a draw with ``mean=False``), the next state and,
         for a skip decoder, the new frame's reference (None otherwise). ``reference`` is the
         skip reference of this step (see ``vrnnkit.skips``; None: zeros, as at step 0);
-        ``previous`` the frame before the one generated now (None: zeros), which a
-        ``frame_difference`` model encodes the new frame against.
+        ``previous`` the frame before the new one (None: zeros), as in ``filter_step``.
 
         The exported ONNX and torch.export graphs are this function."""
         h = self.rnn.output(state)
@@ -324,9 +323,8 @@ class VRNN(nn.Module):
         return params, frame, self.rnn.step(self.rnn.precompute(features), f, state), new_reference
 
     def _encode_frame(self, frame: Tensor, previous: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
-        """phi_x of one frame per sequence (after ``previous``, None: zeros), and its skip
-        reference when the decoder takes one."""
-        seen = self._encoder_input(frame, previous)
+        """phi_x of one frame per sequence (after ``previous``), and its skip reference if any."""
+        seen = inputs.encoder_input(frame, previous, bool(self.config.frame_difference))
         if not self.uses_skips:
             return self.encoder(seen), None
         features, maps = self.encoder.encode(seen)
@@ -334,19 +332,8 @@ class VRNN(nn.Module):
 
     @property
     def encoder_input_shape(self) -> tuple[int, ...]:
-        """The shape of what phi_x reads per frame: the frame's, with the channels (or the
-        vector) doubled for ``frame_difference``."""
-        shape = self.config.frame_shape
-        return (2 * shape[0], *shape[1:]) if self.config.frame_difference else shape
-
-    def _encoder_input(self, frames: Tensor, previous: Tensor | None) -> Tensor:
-        """What phi_x reads of ``frames`` (N, *frame): the frames themselves, or with
-        ``frame_difference`` the frames and their change from ``previous`` (None: zeros) on
-        the channel (or vector) axis."""
-        if not self.config.frame_difference:
-            return frames
-        change = frames if previous is None else frames - previous
-        return torch.cat([frames, change], dim=1)
+        """The shape of what phi_x reads per frame (``vrnnkit.inputs``)."""
+        return inputs.encoder_input_shape(self.config.frame_shape, bool(self.config.frame_difference))
 
     def _decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
         """The likelihood's parameters from the latent features, h_{t-1} and, for a skip
@@ -397,11 +384,8 @@ class VRNN(nn.Module):
         """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
         skip decoder, the reference of every frame (the frames, then each level of maps)."""
         frames = x.flatten(0, 1)
-        if self.config.frame_difference:  # the previous frame of each frame, zeros before the first
-            previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1).flatten(0, 1)
-            parts = self._encoder_input(frames, previous).split(self._frame_chunk(frames))
-        else:
-            parts = frames.split(self._frame_chunk(frames))
+        previous = inputs.previous_frames(x).flatten(0, 1) if self.config.frame_difference else None
+        parts = inputs.encoder_input(frames, previous, bool(self.config.frame_difference)).split(self._frame_chunk(frames))
         if not self.uses_skips:
             return torch.cat([self.encoder(p) for p in parts]).view(x.shape[0], x.shape[1], -1), None
         encoded = [self.encoder.encode(p) for p in parts]
@@ -457,25 +441,9 @@ class VRNN(nn.Module):
         return parameter.device, parameter.dtype
 
     def _check_frames(self, x: Any, name: str) -> tuple[int, int]:
-        shape = tuple(self.config.frame_shape)
-        if not isinstance(x, Tensor):
-            raise DataError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 + len(shape) or tuple(x.shape[2:]) != shape or x.shape[0] < 1 or x.shape[1] < 1:
-            raise DataError(
-                f"{name} must have shape (batch, time, {', '.join(map(str, shape))}) for this model, "
-                f"got {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise DataError(f"{name} must hold floating-point values, got dtype {x.dtype}")
-        return x.shape[0], x.shape[1]
+        return inputs.check_frames(self.config.frame_shape, x, name)
 
-    @staticmethod
-    def _check_mask(mask: Tensor | None, batch: int, steps: int, like: Tensor) -> Tensor | None:
-        if mask is None:
-            return None
-        if tuple(mask.shape) != (batch, steps):
-            raise DataError(f"mask must have shape (batch, time) = {(batch, steps)}, got {tuple(mask.shape)}")
-        return mask.to(like.dtype)
+    _check_mask = staticmethod(inputs.check_mask)
 
     def num_parameters(self) -> int:
         """The number of trainable parameters."""
