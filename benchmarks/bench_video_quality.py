@@ -15,8 +15,8 @@ predicted step, with the wall time of training.
 bigbuckbunny: each resized to 64 pixels high, then cut into overlapping 64-pixel-wide crops
 and their mirror images) and predicts a scene it never saw (carphone, resized the same way,
 centre crop). ``balls`` also measures motion: the mean absolute frame-to-frame difference of
-64 clips of 20 frames sampled from the prior, over held-out real clips' (the ratio overall and
-over frames 10-20).
+64 clips of 20 frames sampled from the prior (their means shown, the means or draws fed back:
+``--feedback``), over held-out real clips' (the ratio overall and over frames 10-20).
 """
 
 from __future__ import annotations
@@ -131,14 +131,15 @@ def _print_motion(model) -> None:
     """Mean absolute frame-to-frame difference of prior samples over that of real clips."""
     side = model.config.frame_shape[-1]
     real = torch.from_numpy(bouncing_balls(64, length=20, size=side, seed=12345)).float().unsqueeze(2)
-    fake = model.sample(64, 20, generator=torch.Generator().manual_seed(0)).clamp(0, 1)
 
     def motion(clips: torch.Tensor, start: int = 0) -> float:
         return float((clips[:, start + 1:] - clips[:, start:-1]).abs().mean())
 
-    print(f"motion of prior samples / real clips: overall {motion(fake) / motion(real):.3f}, "
-          f"frames 10-20 {motion(fake, 10) / motion(real, 10):.3f} "
-          f"(real {motion(real):.4f}, samples {motion(fake):.4f} per pixel and frame)")
+    for feedback in ("mean", "draw"):  # what each sampled frame feeds back; the means are shown
+        fake = model.sample(64, 20, generator=torch.Generator().manual_seed(0), feedback=feedback).clamp(0, 1)
+        print(f"motion of prior samples / real clips, {feedback}s fed back: overall {motion(fake) / motion(real):.3f}, "
+              f"frames 10-20 {motion(fake, 10) / motion(real, 10):.3f} "
+              f"(real {motion(real):.4f}, samples {motion(fake):.4f} per pixel and frame)")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,18 @@ def test_junk_configs_either_load_or_raise_config_error(data):
         assert str(error)
     else:
         assert vrnnkit.VRNNConfig.from_json(config.to_json()) == config
+
+
+def test_run_folders_that_did_not_record_newer_options_resume_with_the_old_defaults(tmp_path):
+    from vrnnkit.training import DEFAULT_STEPS, TrainConfig, read_config
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"train": {"steps": None, "epochs": None, "lr": 0.002}}))
+    options = read_config(old)
+    assert options == {"steps": 1500, "epochs": None, "lr": 0.002, "frame_difference": False,
+                       "lr_schedule": "constant", "ema": 0.0}
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"train": {"steps": 40, "lr_schedule": "cosine", "ema": 0.99, "frame_difference": None}}))
+    assert read_config(new) == {"steps": 40, "lr_schedule": "cosine", "ema": 0.99, "frame_difference": None}
+    defaults = TrainConfig()
+    assert (defaults.lr_schedule, defaults.ema, defaults.steps, DEFAULT_STEPS) == ("cosine", 0.99, None, 1200)

@@ -55,3 +55,16 @@ def encoder_input(frames: Tensor, previous: Tensor | None, frame_difference: boo
 def previous_frames(x: Tensor) -> Tensor:
     """The frame before each frame of ``x`` (B, T, ...): zeros, then ``x[:, :-1]``."""
     return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+FEEDBACK = ("mean", "draw")
+
+
+def feeds_draw(feedback: str | None, mean: bool) -> bool:
+    """Whether generation feeds a draw from the likelihood back into the state (``feedback``
+    "draw"), its mean ("mean"), or the frame it returns (None: a draw unless ``mean``)."""
+    if feedback is None:
+        return not mean
+    if feedback not in FEEDBACK:
+        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)} (or None: the frame returned), got {feedback!r}")
+    return feedback == "draw"

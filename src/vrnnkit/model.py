@@ -67,21 +67,10 @@ class VRNN(nn.Module):
             # the copy of its reference frame, and learns how far to move away from it.
             shape = (1, self.likelihood.params_per_element) + (1,) * len(c.frame_shape)
             self.residual_gate = nn.Parameter(torch.zeros(shape))
-        self.decoder = c.build_block(
-            "decoder",
-            latent_dim=c.latent_feature_dim,
-            h_dim=c.h_dim,
-            frame_shape=c.frame_shape,
-            params_per_element=self.likelihood.params_per_element,
-            **skip_shapes,
-        )
-        self.rnn = c.build_block(
-            "rnn",
-            feature_dim=c.feature_dim,
-            latent_dim=c.latent_feature_dim,
-            hidden_size=c.h_dim,
-            num_layers=c.rnn_layers,
-        )
+        self.decoder = c.build_block("decoder", latent_dim=c.latent_feature_dim, h_dim=c.h_dim, frame_shape=c.frame_shape,
+                                     params_per_element=self.likelihood.params_per_element, **skip_shapes)
+        self.rnn = c.build_block("rnn", feature_dim=c.feature_dim, latent_dim=c.latent_feature_dim, hidden_size=c.h_dim,
+                                 num_layers=c.rnn_layers)
 
     # ------------------------------------------------------------------ training objective
 
@@ -190,16 +179,18 @@ class VRNN(nn.Module):
         *,
         generator: torch.Generator | None = None,
         mean: bool = True,
+        feedback: str | None = None,
     ) -> Tensor:
         """``num`` new sequences of ``steps`` frames, shape (num, steps, *frame_shape).
 
         Latents come from the prior; each frame is the likelihood's mean (``mean=True``) or a
-        draw from it, and is fed back through phi_x to update the state.
+        draw from it. ``feedback`` is what phi_x reads back to update the state: ``"mean"``,
+        ``"draw"`` (a draw from the likelihood: ancestral sampling), or None: the frame returned.
         """
         check_counts(num=num, steps=steps)
         device, dtype = self._device_dtype()
         state = self.rnn.initial_state(num, device=device, dtype=dtype)
-        return self._generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context)
+        return self._generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context, feedback=feedback)
 
     @torch.no_grad()
     def predict(
@@ -210,13 +201,14 @@ class VRNN(nn.Module):
         *,
         generator: torch.Generator | None = None,
         mean: bool = True,
+        feedback: str | None = None,
     ) -> Tensor:
         """Continue each context sequence (B, C, *frame) for ``horizon`` frames, ``samples``
         times: shape (B, samples, horizon, *frame).
 
         The posterior filters the real context frames; then latents come from the prior, with
-        generated frames fed back. The samples of one sequence share its context and differ in
-        their latent draws, the posterior's included.
+        generated frames fed back (``mean`` and ``feedback`` as in ``sample``). The samples of
+        one sequence share its context and differ in their latent draws, the posterior's included.
         """
         batch, steps = self._check_frames(context, "context")
         check_counts(horizon=horizon, samples=samples)
@@ -226,7 +218,7 @@ class VRNN(nn.Module):
         last = skips.last_frame(maps, batch, steps, samples)
         hold = steps if self.config.skip_context > 0 else 0  # the last context frame is held
         previous = context[:, -1].repeat_interleave(samples, dim=0)
-        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous)
+        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous, feedback=feedback)
         return frames.view(batch, samples, horizon, *self.config.frame_shape)
 
     # ------------------------------------------------------------------ the recurrence
@@ -358,24 +350,28 @@ class VRNN(nn.Module):
         first: int,
         hold: int,
         previous: Tensor | None = None,
+        feedback: str | None = None,
     ) -> Tensor:
         """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back.
 
         ``first`` is the index of the first generated frame in its sequence, ``reference`` the
         skip reference of that step and ``previous`` the frame before it (None: zeros). A
         generated frame becomes the reference while its index is below ``hold`` (always when
-        ``hold`` is 0): ``vrnnkit.skips``' rule."""
-        frames = []
-        shape = (state.shape[0], self.config.z_dim)
+        ``hold`` is 0): ``vrnnkit.skips``' rule. ``feedback`` as in ``sample``."""
+        feed_draw = inputs.feeds_draw(feedback, use_mean)
+        frames, shape = [], (state.shape[0], self.config.z_dim)
         for t in range(first, first + steps):
             noise = randn(shape, generator=generator, device=state.device, dtype=state.dtype)
-            _, frame, state, new_reference = self.generate_step(
-                state, noise, reference, previous=previous, mean=use_mean, generator=generator
+            params, fed, state, new_reference = self.generate_step(
+                state, noise, reference, previous=previous, mean=not feed_draw, generator=generator
             )
             if hold == 0 or t < hold:
                 reference = new_reference
+            frame = fed
+            if feed_draw == use_mean:  # the frame shown is not the one fed back
+                frame = self.likelihood.mean(params) if use_mean else self.likelihood.sample(params, generator)
             frames.append(frame)
-            previous = frame
+            previous = fed
         return torch.stack(frames, dim=1)
 
     # ------------------------------------------------------------------ helpers

@@ -36,6 +36,7 @@ from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
+from vrnnkit.inputs import FEEDBACK
 from vrnnkit.metrics import prediction_metrics
 from vrnnkit.model import VRNN
 from vrnnkit.render import check_output, prediction_borders, write_clips
@@ -59,22 +60,30 @@ def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
     return load(path).eval(), path
 
 
+def check_feedback(feedback: str | None) -> None:
+    """``feedback`` names what generation feeds back: "mean", "draw", or None (the frame shown)."""
+    if feedback is not None and feedback not in FEEDBACK:
+        raise ConfigError(f"--feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
+
+
 def sample(
     model: VRNN, num: int = 8, steps: int = 20, *, seed: int = 0, mean: bool | None = None,
-    out: str | os.PathLike[str] | None = None, note_range: NoteRange | None = None,
+    out: str | os.PathLike[str] | None = None, note_range: NoteRange | None = None, feedback: str | None = None,
 ) -> Tensor:
     """``num`` clips of ``steps`` frames from the prior (``VRNN.sample``), also written to
     ``out`` (.gif, .png, .mp4, .npy; vector models .npy, .csv, .png) when given. A piano-roll
     model (88 notes, or ``note_range``) also writes ``.mid`` (one file per clip) and draws a
     ``.png`` as a piano roll. ``mean`` (frames are the likelihood's mean, not draws from it)
-    defaults to True, except for MIDI, whose notes are drawn."""
+    defaults to True, except for MIDI, whose notes are drawn; ``feedback`` ("mean" or "draw":
+    what each step feeds back into the state; default the frame shown) as in ``VRNN.sample``."""
+    check_feedback(feedback)
     music = is_music_output(out, model, note_range)
     if out is not None:
         (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))
     if mean is None:
         mean = not (out is not None and Path(out).suffix.lower() in MUSIC_SUFFIXES)
     _check_output_memory(model, num * steps, f"{num:,} clips of {steps:,} frames", "lower --num or --steps")
-    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean)
+    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean, feedback=feedback)
     if out is not None and music:
         write_rolls(Path(out), clips, model_note_range(model, note_range))
     elif out is not None:
@@ -107,13 +116,15 @@ class Prediction:
 def predict(
     model: VRNN, videos: Tensor, *, context: int = 5, horizon: int | None = None, samples: int = 3,
     seed: int = 0, mean: bool | None = True, require_metrics: bool = False, source: str = "the input",
+    feedback: str | None = None,
 ) -> Prediction:
     """Predict ``samples`` futures of each sequence in ``videos`` (B, T, *frame) from its
     first ``context`` frames, and score them against the real frames that follow.
 
     ``horizon`` defaults to the frames after the context, or 10 when there are none. With
     ``require_metrics`` a prediction that cannot be scored (vector frames, no truth) is a
-    DataError before any work. ``source`` names the data in messages."""
+    DataError before any work. ``source`` names the data in messages. ``feedback`` as in ``sample``."""
+    check_feedback(feedback)
     length = videos.shape[1]
     if context > length:
         raise DataError(f"--context {context} is longer than the {length} frames of {source}")
@@ -127,7 +138,8 @@ def predict(
         raise DataError(f"--json needs metrics: {reason}")
     _check_output_memory(model, len(videos) * samples * horizon, f"{samples:,} futures of {horizon:,} frames for each of "
                          f"{len(videos):,} sequences", "lower --samples or --horizon")
-    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False)
+    futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False,
+                            feedback=feedback)
     result = Prediction(videos[:, :context], futures, truth if has_truth else None)
     if has_truth and image:
         try:

@@ -19,6 +19,9 @@ Ckpt = Annotated[Opt[Path], typer.Option(help="A .safetensors checkpoint or a ru
 Seed = Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives the same output.")]
 Mean = Annotated[Opt[bool], typer.Option("--mean/--random", show_default=False, help=(
     "Frames are the likelihood's mean, or draws from it (default: the mean; draws for .mid)."))]
+Feedback = Annotated[Opt[str], typer.Option(metavar="mean|draw", show_default=False, help=(
+    "What each generated frame feeds back into the state: the likelihood's mean, or a draw from it (ancestral "
+    "sampling; keeps Bernoulli samples moving, see docs/prediction.md). Default: the frame written."))]
 Split = Annotated[Opt[str], typer.Option(help="The split of a note-list .json file (default: test).", show_default=False)]
 Flag = {"metavar": ""}  # a flag takes no value: show none
 Size = Annotated[Opt[str], typer.Option(metavar="SIZE|HxW", show_default=False, help=(
@@ -50,11 +53,12 @@ def sample(
     steps: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 20,
     seed: Seed = 0,
     mean: Mean = None,
+    feedback: Feedback = None,
 ) -> None:
     """Sample new clips from a trained model's prior, starting from h_0."""
     model, note_range = _load_music(ckpt)
     out = out or Path(api.DEFAULT_SAMPLES[model.config.is_image])
-    api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range)
+    api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range, feedback=feedback)
     say(f"wrote {_written(out, num)}: {num} clips of {steps} frames")
 
 
@@ -89,12 +93,13 @@ def predict(
     split: Split = None,
     seed: Seed = 0,
     mean: Mean = None,
+    feedback: Feedback = None,
 ) -> None:
     """Predict several futures of each sequence in INPUT from its first --context frames."""
     model, note_range = _load_music(ckpt)
     result = api.predict_file(model, input, out, json_out=json_out, layout=layout, resize=resize, size=size,
                               grey=grey, context=context, horizon=horizon, samples=samples, seed=seed, mean=mean,
-                              split=split, note_range=note_range)
+                              split=split, note_range=note_range, feedback=feedback)
     count = result.futures.shape[0] * result.futures.shape[1]
     say(f"wrote {_written(result.path, count)}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
     if result.no_metrics:

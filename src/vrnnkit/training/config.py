@@ -26,7 +26,8 @@ from vrnnkit.errors import ConfigError
 from vrnnkit.objectives import OBJECTIVES
 from vrnnkit.registry import KINDS
 
-DEFAULT_STEPS = 1500  # with neither steps nor epochs: the default run, a few minutes on a CPU
+DEFAULT_STEPS = 1200  # with neither steps nor epochs: the default run, a few minutes on a CPU
+OLD_DEFAULT_STEPS = 1500  # the default run's length in run folders that did not record theirs
 
 # The defaults make `vrnnkit train` with no arguments a run of a few minutes on a 2-core CPU
 # that ends with recognisable, moving balls; larger data wants larger settings.
@@ -68,9 +69,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay (0: Adam)
-    lr_schedule: str = "constant"  # or "cosine": down to 5% of lr at the last step
+    lr_schedule: str = "cosine"  # from lr down to 5% of it at the last step, or "constant"
     dropout: float | None = None  # sets the dropout of every mlp block and of the gru/lstm
-    ema: float = 0.0  # > 0: validate and save an exponential moving average of the weights
+    ema: float = 0.99  # > 0: validate and save an exponential moving average of the weights (0: off)
     output_bias: bool = True  # Bernoulli + mlp decoder: start the output bias at the data's rates
     clip: float = 10.0
     kl_anneal: int = 200
@@ -302,8 +303,13 @@ def _run_config(path: Path, problem: str) -> dict[str, Any]:
         raise ConfigError(problem) from None
     if not isinstance(options, dict):
         raise ConfigError(problem)
-    # Runs written before frame_difference existed were trained without it.
+    # Runs written before these options existed, or before their defaults changed, trained
+    # without frame differences, with a constant rate, no weight average, 1,500 default steps.
     options.setdefault("frame_difference", False)
+    options.setdefault("lr_schedule", "constant")
+    options.setdefault("ema", 0.0)
+    if options.get("steps") is None and options.get("epochs") is None:
+        options["steps"] = OLD_DEFAULT_STEPS
     return options
 
 

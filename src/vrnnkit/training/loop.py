@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
 import time
@@ -47,7 +48,7 @@ from vrnnkit.training.distributed import (
     require_group,
     resolve_device,
 )
-from vrnnkit.training.run_dir import RunFolder, load_state
+from vrnnkit.training.run_dir import RunFolder, load_average, load_state
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -195,6 +196,8 @@ class _Run:
         self, config: TrainConfig, run_dir: Path, world: World, resume: bool,
         on_log: Callable[[dict[str, Any]], None] | None,
     ) -> None:
+        if config.steps is None and config.epochs is None:
+            config = dataclasses.replace(config, steps=DEFAULT_STEPS)  # recorded: a resumed run keeps its length
         self.config, self.run_dir, self.world, self.on_log = config, run_dir, world, on_log
         self.device = resolve_device(config.device, world)
         torch.manual_seed(config.seed)  # the same initial weights in every process
@@ -222,9 +225,9 @@ class _Run:
             self.folder.start()
         if self.folder is not None:
             self.folder.write_config(self.model.config)
-        # The averaged weights (--ema) start from the trained ones, also on resuming.
+        # The averaged weights (--ema) start from the trained ones; resuming continues the saved average.
         self.average = copy.deepcopy(self.model) if config.ema > 0 else None
-        self.averaged_steps = 0
+        self.averaged_steps = load_average(run_dir, self.average) if resume and self.average is not None else 0
         self._log({
             "event": "start", "step": self.step, "total": self.total, "device": str(self.device), "world_size": world.size,
             "batch_size": config.batch_size, "effective_batch_size": config.batch_size * world.size,
@@ -301,7 +304,8 @@ class _Run:
             if self.validation is not None and len(self.validation) > 0:
                 self.metrics.update(evaluate_loss(published, self.validation, config, self.device, padded=self.data.padded))
             try:
-                self.folder.save(self.model, self.optimizer, states, self.step, epoch, self.metrics, published=published)
+                self.folder.save(self.model, self.optimizer, states, self.step, epoch, self.metrics, published=published,
+                                 averaged_steps=self.averaged_steps)
             except TrainingError as error:
                 failure = error
             if failure is None:

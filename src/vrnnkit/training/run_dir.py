@@ -91,11 +91,12 @@ class RunFolder:
 
     def save(
         self, model: VRNN, optimizer: torch.optim.Optimizer, noise_states: list[torch.Tensor],
-        step: int, epoch: int, metrics: dict[str, float], *, published: VRNN | None = None,
+        step: int, epoch: int, metrics: dict[str, float], *, published: VRNN | None = None, averaged_steps: int = 0,
     ) -> None:
         """Save the trainer state of ``model`` and, as model.safetensors (and best.safetensors
         on a new best validation loss), ``published`` (the averaged weights of ``--ema``),
-        by default ``model``."""
+        by default ``model``; the trainer state keeps the average too, so that resuming continues
+        it (``averaged_steps``: the steps it has averaged)."""
         published = published or model
         for parameter in [*model.parameters(), *published.parameters()]:
             if not torch.isfinite(parameter).all():
@@ -106,7 +107,8 @@ class RunFolder:
             # The metrics line first: a crash before the checkpoint leaves a line past it,
             # which resuming removes; the other order could lose a line.
             append_jsonl(self.run_dir / "metrics.jsonl", metrics)
-            save_trainer(self.run_dir / "trainer.safetensors", model, optimizer, noise_states, step, epoch, best, self.world)
+            save_trainer(self.run_dir / "trainer.safetensors", model, optimizer, noise_states, step, epoch, best, self.world,
+                         average=published if published is not model else None, averaged_steps=averaged_steps)
             header = {"step": str(step), "train_config": json.dumps(self.config.to_dict())}
             if val_loss is not None:
                 header["val_loss"] = repr(val_loss)
@@ -162,10 +164,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def save_trainer(
     path: Path, model: VRNN, optimizer: torch.optim.Optimizer, noise_states: list[torch.Tensor],
-    step: int, epoch: int, best: float, world: World,
+    step: int, epoch: int, best: float, world: World, *, average: VRNN | None = None, averaged_steps: int = 0,
 ) -> None:
-    """trainer.safetensors: weights, optimizer state and every rank's noise state."""
+    """trainer.safetensors: weights, optimizer state, every rank's noise state and the averaged
+    weights of ``--ema`` (``average``, over ``averaged_steps`` steps) when there are any."""
     tensors = {f"model.{name}": t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average.{name}": t.detach().cpu().contiguous() for name, t in average.state_dict().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     for rank, state in enumerate(noise_states):
         tensors[f"rng.noise.{rank}"] = state
@@ -175,6 +180,7 @@ def save_trainer(
     metadata = {
         "format": TRAINER_FORMAT, "format_version": TRAINER_FORMAT_VERSION, "step": str(step), "epoch": str(epoch),
         "best_val_loss": repr(best), "world_size": str(world.size), "model_config": model.config.to_json(),
+        "averaged_steps": str(averaged_steps if average is not None else 0),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -199,6 +205,21 @@ def _read_trainer(run_dir: Path) -> tuple[dict[str, str], dict[str, torch.Tensor
     except (KeyError, ConfigError):
         raise CheckpointError(f"cannot resume: {trainer_path} holds no readable model config") from None
     return metadata, tensors, saved_config
+
+
+def load_average(run_dir: Path, average: VRNN) -> int:
+    """Restore the averaged weights of ``--ema`` from ``trainer.safetensors`` into ``average``
+    and return the steps they averaged; 0 (``average`` untouched: it restarts from the trained
+    weights) when the run saved none (it trained without ``--ema``, or with an older vrnnkit)."""
+    metadata, tensors, _ = _read_trainer(run_dir)
+    weights = {name[len("average."):]: t for name, t in tensors.items() if name.startswith("average.")}
+    if not weights:
+        return 0
+    try:
+        average.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError(f"cannot resume: the averaged weights in {run_dir / 'trainer.safetensors'} do not fit the model") from None
+    return int(metadata.get("averaged_steps", "0"))
 
 
 def load_state(
