@@ -33,6 +33,7 @@ def main(data: str, out: str, result_path: str, steps: int, resume: bool) -> Non
             steps=steps, every=1, h_dim=16, z_dim=4, batch_size=8, seq_len=6, lr=1e-2, kl_anneal=0,
             val_fraction=0.25, keep=2, device="cpu", layout="NTD",
             output_bias=False,  # the test measures learning from an untrained start
+            lr_schedule="constant",  # resumed past its first --steps: a cosine would follow the new total
         )
         result = vrnnkit.train(
             data, out=out, resume=out if resume else None, on_step=on_step, on_log=records.append,
