@@ -63,7 +63,7 @@ def test_the_default_feeds_back_the_frame_returned_as_before():
         assert torch.equal(a, b)
     drawn = model.sample(2, 5, generator=torch.Generator().manual_seed(3), feedback="draw")
     assert not torch.equal(drawn, model.sample(2, 5, generator=torch.Generator().manual_seed(3)))
-    assert 0 <= drawn.min() and drawn.max() <= 1 and not torch.equal(drawn, drawn.round()), "means are shown"
+    assert drawn.min() >= 0 and drawn.max() <= 1 and not torch.equal(drawn, drawn.round()), "means are shown"
 
 
 def test_prediction_feeds_back_draws_after_the_context():
