@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vrnnkit.errors import DataError
+from vrnnkit.errors import ConfigError, DataError
 
 
 def check_frames(frame_shape: tuple[int, ...], x: Any, name: str) -> tuple[int, int]:
@@ -60,11 +60,14 @@ def previous_frames(x: Tensor) -> Tensor:
 FEEDBACK = ("mean", "draw")
 
 
+def check_feedback(feedback: str | None) -> None:
+    """``feedback`` names what generation feeds back: "mean", "draw", or None (the frame returned)."""
+    if feedback is not None and feedback not in FEEDBACK:
+        raise ConfigError(f"--feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
+
+
 def feeds_draw(feedback: str | None, mean: bool) -> bool:
     """Whether generation feeds a draw from the likelihood back into the state (``feedback``
     "draw"), its mean ("mean"), or the frame it returns (None: a draw unless ``mean``)."""
-    if feedback is None:
-        return not mean
-    if feedback not in FEEDBACK:
-        raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)} (or None: the frame returned), got {feedback!r}")
-    return feedback == "draw"
+    check_feedback(feedback)
+    return not mean if feedback is None else feedback == "draw"

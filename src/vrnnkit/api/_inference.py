@@ -36,7 +36,7 @@ from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
-from vrnnkit.inputs import FEEDBACK
+from vrnnkit.inputs import check_feedback
 from vrnnkit.metrics import prediction_metrics
 from vrnnkit.model import VRNN
 from vrnnkit.render import check_output, prediction_borders, write_clips
@@ -58,12 +58,6 @@ def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
     if foreign:
         raise CheckpointError(f"{path} is {foreign}; --ckpt takes a .safetensors file written by vrnnkit")
     return load(path).eval(), path
-
-
-def check_feedback(feedback: str | None) -> None:
-    """``feedback`` names what generation feeds back: "mean", "draw", or None (the frame shown)."""
-    if feedback is not None and feedback not in FEEDBACK:
-        raise ConfigError(f"--feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
 
 
 def sample(

@@ -48,7 +48,7 @@ from vrnnkit.training.distributed import (
     require_group,
     resolve_device,
 )
-from vrnnkit.training.run_dir import RunFolder, load_average, load_state
+from vrnnkit.training.run_dir import RunFolder, load_state
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -213,11 +213,15 @@ class _Run:
         self.optimizer = _optimizer(self.model, config)
         self.noise = torch.Generator(device="cpu").manual_seed(noise_seed(config.seed, world.rank))
         self.per_epoch = batches_per_epoch(self.data, config, world)
-        self.total = config.steps or (config.epochs * self.per_epoch if config.epochs else DEFAULT_STEPS)
+        self.total = config.steps or config.epochs * self.per_epoch
         self.folder = RunFolder(run_dir, config, world, note_range=self.data.note_range) if world.is_main else None
         self.step, self.wall_offset, self.started, self.tracker = 0, 0.0, time.perf_counter(), None
+        # The averaged weights (--ema) start from the trained ones; resuming continues the saved average.
+        self.average = copy.deepcopy(self.model) if config.ema > 0 else None
+        self.averaged_steps = 0
         if resume:
-            self.step, best = load_state(run_dir, self.model, self.optimizer, self.noise, self.device, world, config.seed)
+            self.step, best, self.averaged_steps = load_state(run_dir, self.model, self.optimizer, self.noise, self.device,
+                                                              world, config.seed, average=self.average)
             if self.folder is not None:
                 self.folder.resume(self.step, best)
                 self.wall_offset = _last_wall(run_dir)
@@ -225,9 +229,6 @@ class _Run:
             self.folder.start()
         if self.folder is not None:
             self.folder.write_config(self.model.config)
-        # The averaged weights (--ema) start from the trained ones; resuming continues the saved average.
-        self.average = copy.deepcopy(self.model) if config.ema > 0 else None
-        self.averaged_steps = load_average(run_dir, self.average) if resume and self.average is not None else 0
         self._log({
             "event": "start", "step": self.step, "total": self.total, "device": str(self.device), "world_size": world.size,
             "batch_size": config.batch_size, "effective_batch_size": config.batch_size * world.size,

@@ -207,28 +207,15 @@ def _read_trainer(run_dir: Path) -> tuple[dict[str, str], dict[str, torch.Tensor
     return metadata, tensors, saved_config
 
 
-def load_average(run_dir: Path, average: VRNN) -> int:
-    """Restore the averaged weights of ``--ema`` from ``trainer.safetensors`` into ``average``
-    and return the steps they averaged; 0 (``average`` untouched: it restarts from the trained
-    weights) when the run saved none (it trained without ``--ema``, or with an older vrnnkit)."""
-    metadata, tensors, _ = _read_trainer(run_dir)
-    weights = {name[len("average."):]: t for name, t in tensors.items() if name.startswith("average.")}
-    if not weights:
-        return 0
-    try:
-        average.load_state_dict(weights)
-    except RuntimeError:
-        raise CheckpointError(f"cannot resume: the averaged weights in {run_dir / 'trainer.safetensors'} do not fit the model") from None
-    return int(metadata.get("averaged_steps", "0"))
-
-
 def load_state(
     run_dir: Path, model: VRNN, optimizer: torch.optim.Optimizer, noise: torch.Generator, device: torch.device,
-    world: World, seed: int,
-) -> tuple[int, float]:
+    world: World, seed: int, average: VRNN | None = None,
+) -> tuple[int, float, int]:
     """Restore weights, optimizer and random state from ``trainer.safetensors`` alone (it is
-    written before ``model.safetensors``, so it is never the older of the two); returns the
-    step and the best validation loss so far."""
+    written before ``model.safetensors``, so it is never the older of the two), and into
+    ``average`` the averaged weights of ``--ema`` (the trained ones when the run saved none: it
+    trained without ``--ema``, or with an older vrnnkit); returns the step, the best validation
+    loss so far and the steps the average has averaged."""
     metadata, tensors, saved_config = _read_trainer(run_dir)
     if saved_config != model.config:
         raise ConfigError(
@@ -240,6 +227,14 @@ def load_state(
         model.load_state_dict(weights)
     except RuntimeError:
         raise CheckpointError(f"cannot resume: the weights in {run_dir / 'trainer.safetensors'} do not fit the model") from None
+    averaged_steps = 0
+    if average is not None:
+        saved = {name[len("average."):]: t for name, t in tensors.items() if name.startswith("average.")}
+        try:
+            average.load_state_dict(saved or model.state_dict())
+        except RuntimeError:
+            raise CheckpointError(f"cannot resume: the averaged weights in {run_dir / 'trainer.safetensors'} do not fit the model") from None
+        averaged_steps = int(metadata.get("averaged_steps", "0")) if saved else 0
     step = int(metadata["step"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
@@ -254,7 +249,7 @@ def load_state(
         # Another number of processes than the run had: fresh noise, still from the seed.
         noise.manual_seed(noise_seed(seed, world.rank) + 7919 * step)
     torch.set_rng_state(tensors["rng.torch"])
-    return step, float(metadata.get("best_val_loss", "inf"))
+    return step, float(metadata.get("best_val_loss", "inf")), averaged_steps
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
