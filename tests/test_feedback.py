@@ -91,3 +91,20 @@ def test_a_bad_feedback_is_refused_and_nothing_is_written(tmp_path):
     ok = CliRunner().invoke(app, ["predict", str(video), "--ckpt", str(ckpt), "--feedback", "draw", "--out", str(tmp_path / "p.npy")])
     assert ok.exit_code == 0, ok.output
     assert np.load(tmp_path / "p.npy").shape == (1, 3, 3, *FRAME)
+
+
+def test_vrnnkit_sample_feeds_back_draws_for_bernoulli_models_and_the_frame_shown_for_the_others(tmp_path):
+    for likelihood, expected in (("bernoulli", "draw"), ("gaussian", "mean")):
+        model = _model(likelihood=likelihood).float()
+        ckpt = vrnnkit.save(model, tmp_path / f"{likelihood}.safetensors")
+        out = tmp_path / f"{likelihood}.npy"
+        result = CliRunner().invoke(app, ["sample", "--ckpt", str(ckpt), "--num", "2", "--steps", "5", "--seed", "4", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        loaded = vrnnkit.load(ckpt)
+        want = loaded.sample(2, 5, generator=torch.Generator().manual_seed(4), feedback=expected)
+        other = loaded.sample(2, 5, generator=torch.Generator().manual_seed(4), feedback="mean" if expected == "draw" else "draw")
+        written = torch.from_numpy(np.load(out))
+        torch.testing.assert_close(written, want)
+        assert not torch.allclose(written, other)
+        explicit = vrnnkit.sample(loaded, 2, 5, seed=4, feedback="mean")
+        torch.testing.assert_close(explicit, loaded.sample(2, 5, generator=torch.Generator().manual_seed(4), feedback="mean"))

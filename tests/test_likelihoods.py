@@ -10,6 +10,7 @@ from torch import distributions as D
 
 import vrnnkit
 from vrnnkit.distributions import normal_kl
+from vrnnkit.registry import get_builder
 
 FRAME = (2, 3, 4)
 
@@ -81,7 +82,9 @@ def test_gmm_per_element_equals_torch_mixture_same_family():
 
 @pytest.mark.parametrize("name", vrnnkit.list_blocks("likelihood"))
 def test_every_likelihood_mean_and_sample_have_the_frame_shape_and_reproduce(name):
-    likelihood = vrnnkit.build("likelihood", name)
+    builder = get_builder("likelihood", name)
+    shape = {"frame_shape": FRAME} if getattr(builder, "needs_frame_shape", False) else {}
+    likelihood = vrnnkit.build("likelihood", name, **shape)
     params = torch.randn(3, likelihood.params_per_element, *FRAME)
     assert likelihood.mean(params).shape == (3, *FRAME)
     a = likelihood.sample(params, torch.Generator().manual_seed(5))

@@ -113,6 +113,14 @@ class VRNNConfig:
         ``"unit-interval"`` (data must lie in [0, 1]) or ``"real"`` (the default)."""
         return getattr(get_builder("likelihood", self.likelihood), "support", "real")
 
+    @property
+    def likelihood_arguments(self) -> dict[str, Any]:
+        """What the model passes the likelihood block: the frame shape to a block that declares
+        ``needs_frame_shape`` (an autoregressive one), nothing to the others."""
+        if _block_flag("likelihood", self.likelihood, "needs_frame_shape"):
+            return {"frame_shape": self.frame_shape}
+        return {}
+
     def with_frame_shape(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
         """This config for frames of ``frame_shape``: ``auto`` blocks and sizes resolved."""
         return dataclasses.replace(self, frame_shape=tuple(frame_shape))

@@ -12,8 +12,9 @@ from vrnnkit.errors import ConfigError
 
 
 def init_output_bias(model: nn.Module, sequences: Sequence[np.ndarray], *, eps: float = 1e-3) -> Tensor:
-    """Start a Bernoulli model's output at the data: the decoder's final bias becomes the logit
-    of each dimension's mean over every step of ``sequences`` (clamped to [eps, 1 - eps]).
+    """Start a Bernoulli model's output at the data: the decoder's final bias for the logits
+    (channel 0: all of it for ``bernoulli``, the base logits of ``ar-bernoulli``) becomes the
+    logit of each dimension's mean over every step of ``sequences`` (clamped to [eps, 1 - eps]).
 
     For sparse data such as piano rolls (about 4 of 88 keys sound at once) an untrained model
     predicts 0.5 everywhere, about 61 nats a step on 88 keys; starting at the data's rates
@@ -22,16 +23,17 @@ def init_output_bias(model: nn.Module, sequences: Sequence[np.ndarray], *, eps: 
 
     Raises:
         ConfigError: the model's likelihood is not Bernoulli, or its decoder has no final
-            linear ``head`` of one output per frame element (the ``mlp`` decoder has one).
+            linear ``head`` of P outputs per frame element (the ``mlp`` decoder has one).
     """
     likelihood = type(model.likelihood).__name__
-    if likelihood != "Bernoulli":
+    if likelihood not in ("Bernoulli", "AutoregressiveBernoulli"):
         raise ConfigError(f"the output-bias initialisation is for a Bernoulli likelihood, found {likelihood}")
     head = getattr(model.decoder, "head", None)
     frame_size = int(np.prod(model.config.frame_shape))
-    if not isinstance(head, nn.Linear) or head.out_features != frame_size:
+    outputs = frame_size * model.likelihood.params_per_element
+    if not isinstance(head, nn.Linear) or head.out_features != outputs:
         raise ConfigError(
-            f"the output-bias initialisation needs a decoder ending in a linear 'head' of {frame_size} "
+            f"the output-bias initialisation needs a decoder ending in a linear 'head' of {outputs} "
             f"outputs (the mlp decoder), found {type(model.decoder).__name__}"
         )
     total = np.zeros(frame_size, np.float64)
@@ -44,5 +46,5 @@ def init_output_bias(model: nn.Module, sequences: Sequence[np.ndarray], *, eps: 
     mean = np.clip(total / steps, eps, 1.0 - eps)
     bias = torch.from_numpy(np.log(mean) - np.log1p(-mean))
     with torch.no_grad():
-        head.bias.copy_(bias.to(head.bias.dtype))
-    return head.bias.detach().clone()
+        head.bias[:frame_size].copy_(bias.to(head.bias.dtype))
+    return head.bias[:frame_size].detach().clone()

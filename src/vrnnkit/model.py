@@ -55,7 +55,7 @@ class VRNN(nn.Module):
             raise ConfigError("the config has no frame_shape; set one (VRNNConfig.with_frame_shape) to build a VRNN")
         self.config = config
         c = config
-        self.likelihood = c.build_block("likelihood")
+        self.likelihood = c.build_block("likelihood", **c.likelihood_arguments)
         self.encoder = c.build_block("encoder", frame_shape=self.encoder_input_shape, out_dim=c.feature_dim)
         self.prior = c.build_block("prior", h_dim=c.h_dim, z_dim=c.z_dim)
         self.posterior = c.build_block("posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)

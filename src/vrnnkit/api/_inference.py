@@ -69,8 +69,12 @@ def sample(
     model (88 notes, or ``note_range``) also writes ``.mid`` (one file per clip) and draws a
     ``.png`` as a piano roll. ``mean`` (frames are the likelihood's mean, not draws from it)
     defaults to True, except for MIDI, whose notes are drawn; ``feedback`` ("mean" or "draw":
-    what each step feeds back into the state; default the frame shown) as in ``VRNN.sample``."""
+    what each step feeds back into the state, as in ``VRNN.sample``) defaults to the
+    likelihood's ``sample_feedback``: draws for the Bernoulli likelihoods (ancestral sampling),
+    the frame shown for the others."""
     check_feedback(feedback)
+    if feedback is None:
+        feedback = getattr(model.likelihood, "sample_feedback", None)
     music = is_music_output(out, model, note_range)
     if out is not None:
         (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))

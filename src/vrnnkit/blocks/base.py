@@ -90,6 +90,10 @@ class Likelihood(nn.Module):
     support: str = "real"
     """Where the data lives: ``"real"``, or ``"unit-interval"`` for likelihoods whose targets
     must lie in [0, 1] (vrnnkit then checks the data's range before training or evaluating)."""
+    sample_feedback: str | None = None
+    """What ``vrnnkit sample`` feeds back into the state by default: ``"draw"`` (ancestral
+    sampling; the Bernoulli likelihoods, whose mean frame is a blur the encoder never sees in
+    training) or None (the frame shown; the continuous likelihoods, whose draws add noise)."""
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
         """log p(x) per frame, summed over the frame's elements: shape (N,)."""

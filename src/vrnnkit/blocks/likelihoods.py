@@ -40,6 +40,7 @@ class Bernoulli(Likelihood):
 
     params_per_element = 1
     support = "unit-interval"
+    sample_feedback = "draw"
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         return -_per_frame(F.binary_cross_entropy_with_logits(params[:, 0], x, reduction="none"))

@@ -22,6 +22,10 @@ Mean = Annotated[Opt[bool], typer.Option("--mean/--random", show_default=False, 
 Feedback = Annotated[Opt[str], typer.Option(metavar="mean|draw", show_default=False, help=(
     "What each generated frame feeds back into the state: the likelihood's mean, or a draw from it (ancestral "
     "sampling; keeps Bernoulli samples moving, see docs/prediction.md). Default: the frame written."))]
+SampleFeedback = Annotated[Opt[str], typer.Option("--feedback", metavar="mean|draw", show_default=False, help=(
+    "What each generated frame feeds back into the state: the likelihood's mean, or a draw from it (ancestral "
+    "sampling). Default: a draw for Bernoulli models (keeps sampled objects moving, see docs/prediction.md), "
+    "the frame written for the others."))]
 Split = Annotated[Opt[str], typer.Option(help="The split of a note-list .json file (default: test).", show_default=False)]
 Flag = {"metavar": ""}  # a flag takes no value: show none
 Size = Annotated[Opt[str], typer.Option(metavar="SIZE|HxW", show_default=False, help=(
@@ -53,7 +57,7 @@ def sample(
     steps: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 20,
     seed: Seed = 0,
     mean: Mean = None,
-    feedback: Feedback = None,
+    feedback: SampleFeedback = None,
 ) -> None:
     """Sample new clips from a trained model's prior, starting from h_0."""
     model, note_range = _load_music(ckpt)

@@ -397,7 +397,7 @@ def _init_bias(model: VRNN, data: TrainingData, config: TrainConfig) -> bool:
     """Start a Bernoulli model's mlp-decoder output bias at the logit of the training data's
     mean (``output_bias``); whether it was set."""
     c = model.config
-    if not config.output_bias or c.likelihood != "bernoulli" or c.decoder != "mlp":
+    if not config.output_bias or c.likelihood not in ("bernoulli", "ar-bernoulli") or c.decoder != "mlp":
         return False
     init_output_bias(model, data.bias_sequences())
     return True
