@@ -135,9 +135,11 @@ def _print_motion(model) -> None:
     def motion(clips: torch.Tensor, start: int = 0) -> float:
         return float((clips[:, start + 1:] - clips[:, start:-1]).abs().mean())
 
+    default = getattr(model.likelihood, "sample_feedback", None) or "mean"  # vrnnkit sample's choice
     for feedback in ("mean", "draw"):  # what each sampled frame feeds back; the means are shown
         fake = model.sample(64, 20, generator=torch.Generator().manual_seed(0), feedback=feedback).clamp(0, 1)
-        print(f"motion of prior samples / real clips, {feedback}s fed back: overall {motion(fake) / motion(real):.3f}, "
+        label = " (vrnnkit sample's default)" if feedback == default else ""
+        print(f"motion of prior samples / real clips, {feedback}s fed back{label}: overall {motion(fake) / motion(real):.3f}, "
               f"frames 10-20 {motion(fake, 10) / motion(real, 10):.3f} "
               f"(real {motion(real):.4f}, samples {motion(fake):.4f} per pixel and frame)")
 
