@@ -43,6 +43,9 @@ def test_a_tiny_run_writes_every_file_of_the_run_folder(tmp_path, tiny_config):
     assert config["train"]["steps"] == 4 and config["train"]["num_sequences"] == 24
     assert config["model"]["encoder"] == "conv"
     assert "step 4/4" in result.output
+    again = tmp_path / "again.gif"  # samples.gif is what `vrnnkit sample` draws (draws fed back: Bernoulli)
+    vrnnkit.sample(model, 8, config["train"]["seq_len"], seed=config["train"]["seed"], out=again)
+    assert again.read_bytes() == (out / "samples.gif").read_bytes()
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_config):

@@ -66,6 +66,12 @@ def check_feedback(feedback: str | None) -> None:
         raise ConfigError(f"--feedback must be one of {', '.join(FEEDBACK)}, got {feedback!r}")
 
 
+def sample_feedback(model: Any) -> str | None:
+    """What sampling from the prior feeds back unless told: the likelihood block's
+    ``sample_feedback`` ("draw" for the Bernoulli likelihoods; None, the frame shown, otherwise)."""
+    return getattr(model.likelihood, "sample_feedback", None)
+
+
 def feeds_draw(feedback: str | None, mean: bool) -> bool:
     """Whether generation feeds a draw from the likelihood back into the state (``feedback``
     "draw"), its mean ("mean"), or the frame it returns (None: a draw unless ``mean``)."""

@@ -36,7 +36,7 @@ from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation import evaluate as evaluate_sequences
-from vrnnkit.inputs import check_feedback
+from vrnnkit.inputs import check_feedback, sample_feedback
 from vrnnkit.metrics import prediction_metrics
 from vrnnkit.model import VRNN
 from vrnnkit.render import check_output, prediction_borders, write_clips
@@ -74,7 +74,7 @@ def sample(
     the frame shown for the others."""
     check_feedback(feedback)
     if feedback is None:
-        feedback = getattr(model.likelihood, "sample_feedback", None)
+        feedback = sample_feedback(model)
     music = is_music_output(out, model, note_range)
     if out is not None:
         (check_music_output if music else partial(check_output, image=model.config.is_image))(Path(out))

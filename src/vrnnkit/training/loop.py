@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from vrnnkit.errors import TrainingError
 from vrnnkit.initialization import init_output_bias
+from vrnnkit.inputs import sample_feedback
 from vrnnkit.model import VRNN, VRNNOutput
 from vrnnkit.runs import read_metrics
 from vrnnkit.sizing import check_training_memory
@@ -329,7 +330,8 @@ class _Run:
             try:
                 with torch.no_grad():
                     generator = torch.Generator().manual_seed(self.config.seed)
-                    clips = published.sample(4, self.config.seq_len or 32, generator=generator)
+                    clips = published.sample(4, self.config.seq_len or 32, generator=generator,
+                                             feedback=sample_feedback(published))
             finally:
                 published.train(was_training)
             self.tracker.log_samples(self.step, clips)

@@ -31,6 +31,7 @@ from vrnnkit.checkpoint import save
 from vrnnkit.config import VRNNConfig
 from vrnnkit.data.music import NoteRange
 from vrnnkit.errors import CheckpointError, ConfigError, TrainingError
+from vrnnkit.inputs import sample_feedback
 from vrnnkit.model import VRNN
 from vrnnkit.training.config import TrainConfig
 from vrnnkit.training.distributed import World, noise_seed
@@ -146,7 +147,8 @@ class RunFolder:
 
         generator = torch.Generator().manual_seed(self.config.seed)
         try:
-            write_clips(self.run_dir / "samples.gif", model.sample(8, self.config.seq_len, generator=generator))
+            clips = model.sample(8, self.config.seq_len, generator=generator, feedback=sample_feedback(model))
+            write_clips(self.run_dir / "samples.gif", clips)
         except OSError as error:
             raise TrainingError(
                 f"trained and saved step {step} in {self.run_dir}, but could not write samples.gif: {error.strerror or error}"
