@@ -45,7 +45,7 @@ class AutoregressiveBernoulli(Likelihood):
     sample_feedback = "draw"
     needs_frame_shape = True
 
-    def __init__(self, frame_shape: tuple[int, ...], hidden: int = 256, context: int = 2) -> None:
+    def __init__(self, frame_shape: tuple[int, ...], hidden: int = 1024, context: int = 2) -> None:
         super().__init__()
         check_positive(hidden=hidden, context=context)
         size = math.prod(frame_shape)
