@@ -108,4 +108,4 @@ def test_a_music_model_trains_samples_and_evaluates_with_it(tmp_path):
     result = runner.invoke(app, ["sample", "--ckpt", str(run / "model.safetensors"), "--out", str(tmp_path / "s.mid"),
                                  "--num", "1", "--steps", "8"], env=env)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "s.mid").exists()
+    assert (tmp_path / "s.mid").exists() and "1 clip of 8 frames" in result.output

@@ -63,7 +63,7 @@ def sample(
     model, note_range = _load_music(ckpt)
     out = out or Path(api.DEFAULT_SAMPLES[model.config.is_image])
     api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range, feedback=feedback)
-    say(f"wrote {_written(out, num)}: {num} clips of {steps} frames")
+    say(f"wrote {_written(out, num)}: {num} {'clip' if num == 1 else 'clips'} of {steps} frames")
 
 
 def _written(out: Path, count: int) -> str:
