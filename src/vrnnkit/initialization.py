@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vrnnkit.blocks.autoregressive import AutoregressiveBernoulli
+from vrnnkit.blocks.likelihoods import Bernoulli
 from vrnnkit.errors import ConfigError
+
+
+def has_logit_output(model: nn.Module) -> bool:
+    """Whether the model's likelihood reads channel 0 of the decoder as Bernoulli logits
+    (``bernoulli``, ``ar-bernoulli``): what ``init_output_bias`` sets."""
+    return isinstance(model.likelihood, (Bernoulli, AutoregressiveBernoulli))
 
 
 def init_output_bias(model: nn.Module, sequences: Sequence[np.ndarray], *, eps: float = 1e-3) -> Tensor:
@@ -25,9 +33,9 @@ def init_output_bias(model: nn.Module, sequences: Sequence[np.ndarray], *, eps: 
         ConfigError: the model's likelihood is not Bernoulli, or its decoder has no final
             linear ``head`` of P outputs per frame element (the ``mlp`` decoder has one).
     """
-    likelihood = type(model.likelihood).__name__
-    if likelihood not in ("Bernoulli", "AutoregressiveBernoulli"):
-        raise ConfigError(f"the output-bias initialisation is for a Bernoulli likelihood, found {likelihood}")
+    if not has_logit_output(model):
+        raise ConfigError(
+            f"the output-bias initialisation is for a Bernoulli likelihood, found {type(model.likelihood).__name__}")
     head = getattr(model.decoder, "head", None)
     frame_size = int(np.prod(model.config.frame_shape))
     outputs = frame_size * model.likelihood.params_per_element

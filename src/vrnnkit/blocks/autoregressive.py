@@ -71,12 +71,17 @@ class AutoregressiveBernoulli(Likelihood):
         flat = params.flatten(2)
         return flat[:, 0], self.context(flat[:, 1:].flatten(1))
 
+    def _masked(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The masked weights: input to hidden (H, D), hidden to output (D, H), direct (D, D)."""
+        return self.w_in * self.in_mask, self.w_out * self.out_mask, self.w_direct * self.direct_mask
+
     def logits(self, params: Tensor, x: Tensor) -> Tensor:
         """Each element's logit given the elements of ``x`` before it: (N, D), one pass."""
         base, bias = self._split(params)
+        w_in, w_out, w_direct = self._masked()
         x = x.flatten(1)
-        hidden = F.relu(torch.addmm(bias, x, (self.w_in * self.in_mask).t()))
-        return base + hidden @ (self.w_out * self.out_mask).t() + x @ (self.w_direct * self.direct_mask).t()
+        hidden = F.relu(torch.addmm(bias, x, w_in.t()))
+        return base + hidden @ w_out.t() + x @ w_direct.t()
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logits = self.logits(params, x)
@@ -87,9 +92,8 @@ class AutoregressiveBernoulli(Likelihood):
         value (a draw, or the probability itself). Updates the hidden units' inputs by one
         column per element instead of recomputing the whole pass."""
         base, pre = self._split(params)
-        w_in = (self.w_in * self.in_mask).t()
-        w_out = self.w_out * self.out_mask
-        w_direct = (self.w_direct * self.direct_mask).t()
+        w_in, w_out, w_direct = self._masked()
+        w_in, w_direct = w_in.t(), w_direct.t()  # row d: what element d feeds to the others
         direct = torch.zeros_like(base)  # each element's direct term from the elements set so far
         outputs = []
         for d in range(self.size):

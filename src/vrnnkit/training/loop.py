@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from vrnnkit.errors import TrainingError
-from vrnnkit.initialization import init_output_bias
+from vrnnkit.initialization import has_logit_output, init_output_bias
 from vrnnkit.inputs import sample_feedback
 from vrnnkit.model import VRNN, VRNNOutput
 from vrnnkit.runs import read_metrics
@@ -399,7 +399,7 @@ def _init_bias(model: VRNN, data: TrainingData, config: TrainConfig) -> bool:
     """Start a Bernoulli model's mlp-decoder output bias at the logit of the training data's
     mean (``output_bias``); whether it was set."""
     c = model.config
-    if not config.output_bias or c.likelihood not in ("bernoulli", "ar-bernoulli") or c.decoder != "mlp":
+    if not config.output_bias or not has_logit_output(model) or c.decoder != "mlp":
         return False
     init_output_bias(model, data.bias_sequences())
     return True
