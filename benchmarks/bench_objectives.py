@@ -5,7 +5,8 @@ batches of JSB Chorales, with the model of ``examples/jsb_chorales_factorised.to
 recipe with the factorised Bernoulli, on which docs/ report these costs), side by side in one
 run, interleaved so that a busy machine slows every objective alike. Prints seconds per step
 and the ratio of a K-particle step to an ELBO step (issue target: at most 0.6 K), and for IWAE
-also with the hand-written fused loop turned off (the autograd loop).
+also with the hand-written fused loop turned off (the autograd loop) and with the doubly
+reparameterised gradient (``--gradient dreg``).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_objectives.py --particles 4
 """
@@ -46,10 +47,11 @@ def main() -> None:
                for _ in range(4)]
     k = args.particles
     variants = {"elbo": ("elbo", 1, True), f"iwae K={k}": ("iwae", k, True), f"iwae K={k}, autograd loop": ("iwae", k, False),
-                f"fivo K={k}": ("fivo", k, True)}
+                f"iwae K={k}, dreg": ("iwae", k, True), f"fivo K={k}": ("fivo", k, True)}
     setups = {}
     for name, (objective, particles, fused) in variants.items():
-        config = TrainConfig.from_dict({**read_config(RECIPE), "objective": objective, "particles": particles})
+        gradient = "dreg" if name.endswith("dreg") else "reparam"
+        config = TrainConfig.from_dict({**read_config(RECIPE), "objective": objective, "particles": particles, "gradient": gradient})
         torch.manual_seed(0)
         model = VRNN(config.model_config((88,)))
         model.fused_loop = fused

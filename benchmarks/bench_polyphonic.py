@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the recipe's steps (quick checks)")
     parser.add_argument("--objective", default="elbo", help="train on elbo, iwae or fivo")
     parser.add_argument("--particles", type=int, default=1, help="particles of --objective iwae/fivo")
+    parser.add_argument("--gradient", default="reparam", help="reparam, or dreg (iwae's doubly reparameterised gradient)")
     parser.add_argument("--table", type=Path, nargs="+", help="print the objectives x bounds table of these --json files")
     args = parser.parse_args()
     if args.table:
@@ -67,7 +68,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} is missing: the JSB Chorales file (see ../shared/data/README.md)")
     options = {"steps": args.steps} if args.steps else {}
     if args.objective != "elbo":
-        options.update(objective=args.objective, particles=args.particles)
+        options.update(objective=args.objective, particles=args.particles, gradient=args.gradient)
     start = time.perf_counter()
     result = api.train(str(args.data), out=args.out, config=args.config, **options)
     train_s = time.perf_counter() - start
@@ -86,7 +87,7 @@ def main() -> None:
         "parameters": model.num_parameters(), "steps": result.step, "threads": torch.get_num_threads(),
         "train_wall_s": round(train_s, 1), "eval_wall_s": round(time.perf_counter() - eval_start, 1),
         "best_step": _best_step(args.out), "iwae_samples": args.iwae_samples, **figures,
-        "objective": args.objective, "particles": args.particles,
+        "objective": args.objective, "particles": args.particles, "gradient": args.gradient,
     }
     _print(summary)
     if args.json:
@@ -106,7 +107,7 @@ def _print(summary: dict) -> None:
     print(f"JSB Chorales, {summary['recipe']}: {summary['parameters']:,} parameters, {summary['steps']} steps "
           f"(best on valid at step {summary['best_step']}), {summary['threads']} thread(s)")
     print(f"training {summary['train_wall_s'] / 60:.1f} min, evaluation {summary['eval_wall_s'] / 60:.1f} min")
-    trained = summary["objective"] + (f" (K={summary['particles']})" if summary["objective"] != "elbo" else "")
+    trained = _trained_on(summary)
     print(f"trained on: {trained}")
     print(f"{'model':<42}{'test ELBO':>12}{f'test IWAE-{k}':>15}{f'test FIVO-{k}':>15}")
     print(f"{'vrnnkit (this run)':<42}{test['elbo_per_step']:>12.3f}{test['iwae_per_step']:>15.3f}{test['fivo_per_step']:>15.3f}")
@@ -117,6 +118,14 @@ def _print(summary: dict) -> None:
     print("published figures are lower bounds on the test log-likelihood in nats per time step (higher is better)")
 
 
+def _trained_on(summary: dict) -> str:
+    """``elbo``, ``iwae K=4``, ``iwae K=4 dreg``: the objective, its particles and its gradient."""
+    objective = summary.get("objective", "elbo")
+    if objective == "elbo":
+        return objective
+    return f"{objective} K={summary['particles']}" + (" dreg" if summary.get("gradient", "reparam") == "dreg" else "")
+
+
 def _print_table(summaries: list[dict]) -> None:
     """Rows: the objective trained on; columns: the bound evaluated with (test, nats per step)."""
     k = summaries[0]["iwae_samples"]
@@ -124,7 +133,7 @@ def _print_table(summaries: list[dict]) -> None:
     print(f"JSB Chorales test, nats per time step (higher is better); bounds with K={k}")
     print(f"{'trained on':<18}{'ELBO':>9}{f'IWAE-{k}':>10}{f'FIVO-{k}':>10}{'steps':>7}{'train min':>11}{'x ELBO':>8}")
     for s in summaries:
-        name = s.get("objective", "elbo") + (f" K={s['particles']}" if s.get("objective", "elbo") != "elbo" else "")
+        name = _trained_on(s)
         ratio = f"{s['train_wall_s'] / elbo_wall:.2f}" if elbo_wall else "-"
         test = s["test"]
         print(f"{name:<18}{test['elbo_per_step']:>9.3f}{test['iwae_per_step']:>10.3f}{test.get('fivo_per_step', float('nan')):>10.3f}"

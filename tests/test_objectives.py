@@ -263,6 +263,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--objective", "iwae", "--particles", "2", "--free-bits", "0.5"], "free_bits applies to the ELBO"),
         (["--objective", "fivo", "--resample-threshold", "1.5"], "resample"),
         (["--objective", "fivo", "--particles", "100000000"], "x 100000000 particles needs at least"),
+        (["--objective", "fivo", "--particles", "2", "--gradient", "dreg"], "objective is fivo"),
+        (["--objective", "iwae", "--particles", "2", "--gradient", "dreg", "--nproc", "2"], "DistributedDataParallel"),
     ],
 )
 def test_bad_objective_options_exit_2_and_write_nothing(tmp_path, bits_file, options, message):

@@ -85,14 +85,15 @@ class VRNN(nn.Module):
         objective: str = "elbo",
         particles: int = 1,
         resample_threshold: float = objectives.DEFAULT_THRESHOLD,
+        gradient: str = "reparam",
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape) (or another bound: ``objective``).
 
         ``mask`` (B, T) marks the observed steps of padded sequences (1 observed, 0 padding);
         a padded frame may hold anything, NaN included: it is zeroed before encoding and left
-        out of every sum. ``kl_weight`` scales the
-        KL in the loss (KL annealing); ``free_bits`` is a floor, in nats, on each step's
-        batch-mean KL in the loss (steps below it get no push towards the prior).
+        out of every sum. ``kl_weight`` scales the KL in the loss (KL annealing); ``free_bits`` is a
+        floor, in nats, on each step's batch-mean KL in the loss (steps below it get no push towards
+        the prior). ``gradient="dreg"``: IWAE's doubly reparameterised gradient (``vrnnkit.objectives``).
         """
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
@@ -100,7 +101,7 @@ class VRNN(nn.Module):
         if objective != "elbo":
             return objectives.particle_output(
                 self, x, step_mask, objective=objective, particles=particles, latent_weight=kl_weight,
-                threshold=resample_threshold, generator=generator,
+                threshold=resample_threshold, generator=generator, gradient=gradient,
             )
         features, maps = self._encode(x)
         filtered = self._filter(features, self._noise(steps, batch, x, generator))

@@ -21,6 +21,15 @@ inside the loop too (the encoder still runs once, before it).
 ``latent_weight`` (the KL weight of KL annealing) scales ``log p(z_t | .) - log q(z_t | .)``
 inside the weights: below 1 the objective is an annealed bound, not a bound on log p(x); at 1
 it is the bound itself.
+
+``gradient="dreg"`` (IWAE only) gives the posterior's own parameters the doubly reparameterised
+gradient of Tucker et al. (2019) instead of the plain IWAE gradient, whose signal to the
+posterior fades as K grows (Rainforth et al. 2018): every other parameter takes the gradient
+of ``loss``, the posterior's take that of ``surrogate``,
+``-sum_k c_k log w_k`` with ``c_k = (1 - beta) W_k + beta W_k^2`` held constant (``W`` the
+normalised weights, ``beta`` the latent weight) and ``log q`` evaluated with the posterior's
+parameters held fixed, so they are reached through the latent paths only. The expectation is
+the IWAE gradient's (the score term is rewritten, not dropped); the tests check it.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ BOUNDS = OBJECTIVES
 """The bounds ``vrnnkit eval --bound`` reports."""
 DEFAULT_THRESHOLD = 0.5
 """FIVO resamples when the effective sample size drops below this share of the particles."""
+GRADIENTS = ("reparam", "dreg")
+"""Gradient estimators (``--gradient``): ``reparam``, the bound's own; ``dreg``, IWAE's doubly reparameterised."""
 
 
 def particle_output(
@@ -60,16 +71,24 @@ def particle_output(
     latent_weight: float = 1.0,
     threshold: float = DEFAULT_THRESHOLD,
     generator: torch.Generator | None = None,
+    gradient: str = "reparam",
 ) -> VRNNOutput:
     """The training figures of ``objective`` ("iwae" or "fivo") over a batch ``x`` (B, T, ...)
     whose padding is already zeroed: ``loss`` is minus the batch mean of the bound;
     ``elbo`` holds each sequence's bound; ``nll`` and ``kl`` are the particles' mean
-    reconstruction term and sampled KL, for the logs."""
+    reconstruction term and sampled KL, for the logs; ``surrogate`` is set with
+    ``gradient="dreg"`` (module docstring)."""
     batch, steps = x.shape[:2]
+    if gradient not in GRADIENTS or (gradient == "dreg" and objective != "iwae"):
+        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)} (dreg with iwae only), got {gradient!r}")
+    surrogate = None
     if objective == "iwae":
-        terms = _iwae_terms(model, x, step_mask, particles, generator)
+        features, filtered, reference = _iwae_paths(model, x, particles, generator)
+        terms = _path_terms(model, x, filtered, reference, step_mask, particles)
         log_w = (terms[0] + latent_weight * (terms[1] - terms[2])).sum(1).view(particles, batch)
         bound = torch.logsumexp(log_w, 0) - math.log(particles)
+        if gradient == "dreg":
+            surrogate = _dreg_surrogate(model, features, filtered, step_mask, terms, log_w, latent_weight)
     elif objective == "fivo":
         bound, terms = _fivo(model, x, step_mask, particles, latent_weight, threshold, generator)
     else:
@@ -86,6 +105,7 @@ def particle_output(
         nll_per_step=nll.mean(0),
         kl_per_step=kl.mean(0),
         dims=observed * frame_size,
+        surrogate=surrogate,
     )
 
 
@@ -105,11 +125,40 @@ def _iwae_terms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """log p(x_t | .), log p(z_t | .), log q(z_t | .) of ``particles`` independent paths per
     sequence, each (particles * B, T), zero at padded steps."""
+    _, filtered, reference = _iwae_paths(model, x, particles, generator, encoded=encoded)
+    return _path_terms(model, x, filtered, reference, step_mask, particles)
+
+
+def _iwae_paths(
+    model: VRNN, x: Tensor, particles: int, generator: torch.Generator | None,
+    *, encoded: tuple[Tensor, list[Tensor] | None] | None = None,
+) -> tuple[Tensor, Filtered, list[Tensor] | None]:
+    """The frame features (B, T, E), ``particles`` independent filtered paths per sequence and
+    the skip references."""
     batch, steps = x.shape[:2]
     features, maps = encoded if encoded is not None else model._encode(x)
-    reference = model._references(maps, steps)
     filtered = model._filter(features, model._noise(steps, particles * batch, x, generator), particles=particles)
-    return _path_terms(model, x, filtered, reference, step_mask, particles)
+    return features, filtered, model._references(maps, steps)
+
+
+def _dreg_surrogate(
+    model: VRNN, features: Tensor, filtered: Filtered, step_mask: Tensor | None,
+    terms: tuple[Tensor, Tensor, Tensor], log_w: Tensor, latent_weight: float,
+) -> Tensor:
+    """The scalar whose gradient is the doubly reparameterised IWAE gradient of the posterior's
+    own parameters (module docstring): log q again, over all steps at once, with those
+    parameters detached and the recurrent state and frame features live."""
+    particles = log_w.shape[0]
+    fixed = {name: p.detach() for name, p in model.posterior.named_parameters()}
+    e, h = _repeat(features, particles).flatten(0, 1), filtered.h.flatten(0, 1)
+    mean, std = torch.func.functional_call(model.posterior, fixed, (e, h))
+    log_q = normal_log_prob(filtered.z, mean.view_as(filtered.z), std.view_as(filtered.z)).sum(-1)
+    if step_mask is not None:
+        log_q = masked(log_q, step_mask.repeat(particles, 1))
+    log_w_fixed = (terms[0] + latent_weight * (terms[1] - log_q)).sum(1).view_as(log_w)
+    weights = torch.softmax(log_w.detach(), 0)
+    coefficients = (1.0 - latent_weight) * weights + latent_weight * weights.square()
+    return -(coefficients * log_w_fixed).sum(0).mean()
 
 
 def _repeat(x: Tensor, particles: int) -> Tensor:

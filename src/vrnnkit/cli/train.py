@@ -67,6 +67,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("free_bits", OPTIMISATION, "Floor, in nats, on each step's KL in the loss.", {"min": 0.0}),
     ("objective", OPTIMISATION, "elbo; or iwae or fivo, bounds on log p(x) over --particles latent paths per sequence (tighter, costlier; docs/objectives.md).", {}),
     ("particles", OPTIMISATION, "Latent paths per sequence for --objective iwae or fivo.", {"min": 1}),
+    ("gradient", OPTIMISATION, "reparam; or dreg: with --objective iwae, the doubly reparameterised gradient for the posterior (docs/objectives.md).", {}),
     ("resample_threshold", OPTIMISATION, "fivo: resample when the effective sample size drops below this share of the particles.", {"min": 0.0, "max": 1.0}),
     ("precision", OPTIMISATION, "fp32, bf16 or fp16 autocast.", {}),
     ("compile", OPTIMISATION, "torch.compile the encoder and decoder (worth it on GPUs).", {}),

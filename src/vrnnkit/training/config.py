@@ -23,7 +23,7 @@ from vrnnkit._checks import is_count
 from vrnnkit.config import VRNNConfig
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.errors import ConfigError
-from vrnnkit.objectives import OBJECTIVES
+from vrnnkit.objectives import GRADIENTS, OBJECTIVES
 from vrnnkit.registry import KINDS
 
 DEFAULT_STEPS = 1200  # with neither steps nor epochs: the default run, a few minutes on a CPU
@@ -79,6 +79,7 @@ class TrainConfig:
     objective: str = "elbo"  # or "iwae" / "fivo" with `particles` latent paths per sequence
     particles: int = 1
     resample_threshold: float = 0.5  # fivo: resample when the effective sample size < this * particles
+    gradient: str = "reparam"  # or "dreg": iwae's doubly reparameterised gradient for the posterior
     seq_len: str | int = 10  # 0 or "full": whole sequences (data of different lengths)
     val_fraction: float = 0.1
     seed: int = 0
@@ -141,6 +142,18 @@ class TrainConfig:
             raise ConfigError(
                 f"particles = {self.particles} needs objective iwae or fivo (the ELBO uses one latent path); "
                 "add --objective iwae or --objective fivo"
+            )
+        if self.gradient not in GRADIENTS:
+            raise ConfigError(f"gradient must be one of {', '.join(GRADIENTS)}, got {self.gradient!r}")
+        if self.gradient == "dreg" and self.objective != "iwae":
+            raise ConfigError(
+                f"gradient dreg is the doubly reparameterised estimator of the IWAE bound; objective is {self.objective}. "
+                "Add --objective iwae --particles K, or drop --gradient"
+            )
+        if self.gradient == "dreg" and self.model.posterior_options.get("dropout", self.dropout or 0) > 0:
+            raise ConfigError(
+                "gradient dreg evaluates the posterior twice and needs it without dropout: "
+                "add --posterior-option dropout=0 (or drop --dropout)"
             )
         if self.objective != "elbo" and self.free_bits > 0:
             raise ConfigError(

@@ -113,10 +113,16 @@ def train_step(
         output = model(
             batch, mask=mask, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator,
             objective=config.objective, particles=config.particles, resample_threshold=config.resample_threshold,
+            gradient=config.gradient,
         )
     optimizer.zero_grad(set_to_none=True)
     finite = distributed or bool(torch.isfinite(output.loss))
-    if finite:
+    if finite and output.surrogate is not None:  # dreg: the posterior's parameters take the surrogate's gradient
+        own = {id(p) for p in getattr(model, "module", model).posterior.parameters()}
+        split = [[p for p in model.parameters() if p.requires_grad and (id(p) in own) == side] for side in (False, True)]
+        scaler.scale(output.loss).backward(inputs=split[0], retain_graph=True)
+        scaler.scale(output.surrogate).backward(inputs=split[1])
+    elif finite:
         scaler.scale(output.loss).backward()
         scaler.unscale_(optimizer)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip if config.clip > 0 else float("inf"))
