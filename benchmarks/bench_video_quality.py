@@ -121,6 +121,9 @@ def _print(recipe: str, report: dict, seconds: float | None, samples: int, model
         for label, figure in rows:
             steps = " ".join(f"{v:6.3f}" if metric == "ssim" else f"{v:6.2f}" for v in figure["per_step"])
             print(f"{label:>10} {figure['mean']:7.3f} {figure['ci95']:6.3f}  {steps}")
+    versus = prediction["versus_baseline"]["psnr"]["best_of_n"]
+    print("best-of-N PSNR minus copy-last, clip by clip (mean ± 95%): "
+          + " ".join(f"{m:+.2f}±{h:.2f}" for m, h in zip(versus["per_step"], versus["per_step_ci95"], strict=True)))
     wins = [b > c for b, c in zip(prediction["psnr"]["best_of_n"]["per_step"], prediction["baseline"]["psnr"]["per_step"], strict=True)]
     print(f"best-of-N PSNR above copy-last at {sum(wins)} of {len(wins)} steps")
     print(json.dumps({"recipe": recipe, "train_seconds": seconds, "prediction": prediction}))

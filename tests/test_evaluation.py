@@ -15,6 +15,7 @@ import vrnnkit
 from vrnnkit.data import SequenceArray
 from vrnnkit.errors import DataError
 from vrnnkit.evaluation import PSNR_MAX, evaluate, prediction_metrics, psnr, ssim
+from vrnnkit.metrics import prediction_curves
 
 # ---------------------------------------------------------------------- helpers
 
@@ -193,6 +194,24 @@ def test_copy_last_baseline_is_perfect_on_a_static_video() -> None:
     assert report["psnr"]["best_of_n"]["mean"] < 20  # random guesses are far from it
 
 
+def test_the_paired_difference_from_copy_last_is_taken_sequence_by_sequence() -> None:
+    truth = torch.rand(6, 4, 1, 16, 16)
+    last = (truth[:, 0] + 0.1 * torch.rand(6, 1, 16, 16)).clamp(0, 1)  # near the future: a strong baseline
+    predictions = (truth.unsqueeze(1) + 0.2 * torch.rand(6, 3, 4, 1, 16, 16)).clamp(0, 1)
+    report = prediction_metrics(predictions, truth, last)
+    for name in ("psnr", "ssim"):
+        for kind in ("best_of_n", "mean_of_n"):
+            versus, model, baseline = report["versus_baseline"][name][kind], report[name][kind], report["baseline"][name]
+            assert versus["mean"] == pytest.approx(model["mean"] - baseline["mean"])
+            assert versus["per_step"] == pytest.approx([a - b for a, b in zip(model["per_step"], baseline["per_step"], strict=True)])
+            # Sequences that are hard for both cancel: the paired interval is not the two added.
+            assert versus["ci95"] != pytest.approx(model["ci95"] + baseline["ci95"])
+    curves = prediction_curves(predictions, truth, last)
+    differences = (curves["psnr/best_of_n"] - curves["baseline/psnr"]).mean(1)
+    expected = 1.96 * float(differences.std(correction=0)) / math.sqrt(6)
+    assert report["versus_baseline"]["psnr"]["best_of_n"]["ci95"] == pytest.approx(expected)
+
+
 def test_one_exact_sample_among_n_gives_a_perfect_best_of_n() -> None:
     truth = torch.rand(2, 3, 1, 16, 16)
     predictions = torch.rand(2, 4, 3, 1, 16, 16)
@@ -223,7 +242,7 @@ SCHEMA = {
 }
 LIKELIHOOD_KEYS = {"elbo", "nll", "kl", "nats_per_dim", "bits_per_dim", "iwae"}
 IWAE_KEYS = {"K", "bound", "nats_per_dim", "bits_per_dim"}
-PREDICTION_KEYS = {"skipped", "context", "horizon", "samples", "num_sequences", "psnr", "ssim", "baseline"}
+PREDICTION_KEYS = {"skipped", "context", "horizon", "samples", "num_sequences", "psnr", "ssim", "baseline", "versus_baseline"}
 INTERVAL_KEYS = {"mean", "ci95", "per_step", "per_step_ci95"}
 
 
@@ -255,7 +274,7 @@ def test_evaluate_reports_every_documented_key_with_finite_values() -> None:
     assert prediction["num_sequences"] == 5
     for name in ("psnr", "ssim"):
         assert set(prediction[name]) == {"best_of_n", "mean_of_n"}
-        for entry in (*prediction[name].values(), prediction["baseline"][name]):
+        for entry in (*prediction[name].values(), prediction["baseline"][name], *prediction["versus_baseline"][name].values()):
             assert set(entry) == INTERVAL_KEYS and len(entry["per_step"]) == 4
     numbers = _finite_numbers(report)
     assert len(numbers) > 40 and all(math.isfinite(n) for n in numbers)

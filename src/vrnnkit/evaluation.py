@@ -52,6 +52,10 @@ The schema of ``evaluate`` (and of ``vrnnkit eval --json``). Nats are natural-lo
         "baseline": {                   # copy-last: the last context frame, repeated
           "psnr": {"mean": 12.1, "ci95": 0.1, "per_step": [...]},
           "ssim": {"mean": 0.61, "ci95": 0.01, "per_step": [...]}
+        },
+        "versus_baseline": {            # model minus copy-last, sequence by sequence (paired)
+          "psnr": {"best_of_n": {"mean": 4.8, "ci95": 0.1, "per_step": [...]}, "mean_of_n": {...}},
+          "ssim": {"best_of_n": {...}, "mean_of_n": {...}}
         }
       }
     }

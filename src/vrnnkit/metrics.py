@@ -144,7 +144,9 @@ def prediction_metrics(predictions: Tensor, truth: Tensor, last_context: Tensor)
         ``{"num_sequences", "psnr", "ssim", "baseline"}``, JSON-ready, as the ``prediction``
         entry of the module's schema: for each metric, ``best_of_n`` keeps per sequence the
         sample with the best metric averaged over the H steps, ``mean_of_n`` averages the N
-        samples; ``baseline`` scores the repeated last context frame.
+        samples; ``baseline`` scores the repeated last context frame; ``versus_baseline``
+        holds each metric's ``best_of_n`` and ``mean_of_n`` minus the baseline, sequence by
+        sequence (a paired interval: whether the model beats copy-last on these sequences).
 
     Raises:
         DataError: shapes that do not fit together, frames under 11x11, or truth outside [0, 1].
@@ -171,14 +173,19 @@ def prediction_curves(predictions: Tensor, truth: Tensor, last_context: Tensor) 
         curves[f"{name}/mean_of_n"] = per_frame.mean(1)
     for name, metric in metrics:
         curves[f"baseline/{name}"] = metric(baseline, truth).double()
+        for kind in ("best_of_n", "mean_of_n"):  # paired: the same sequences, so a tighter interval
+            curves[f"versus_baseline/{name}/{kind}"] = curves[f"{name}/{kind}"] - curves[f"baseline/{name}"]
     return curves
 
 
 def summarise_curves(curves: dict[str, Tensor]) -> dict[str, Any]:
     report: dict[str, Any] = {"num_sequences": next(iter(curves.values())).shape[0]}
     for key, curve in curves.items():
-        group, name = key.split("/")
-        report.setdefault(group, {})[name] = _interval(curve)
+        *groups, name = key.split("/")
+        entry = report
+        for group in groups:
+            entry = entry.setdefault(group, {})
+        entry[name] = _interval(curve)
     return report
 
 
