@@ -116,14 +116,15 @@ def predict(
 
 def _prediction_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"prediction: {report['num_sequences']} sequence(s); PSNR in dB, best and mean of the samples")
-    for column in ("step", "PSNR best", "PSNR mean", "SSIM best", "SSIM mean", "copy-last PSNR", "copy-last SSIM"):
+    for column in ("step", "PSNR best", "PSNR mean", "SSIM best", "SSIM mean", "copy-last PSNR", "copy-last SSIM", "PSNR best - copy"):
         table.add_column(column, justify="right")
     figures = [report["psnr"]["best_of_n"], report["psnr"]["mean_of_n"], report["ssim"]["best_of_n"],
-               report["ssim"]["mean_of_n"], report["baseline"]["psnr"], report["baseline"]["ssim"]]
-    formats = ("{:.2f}", "{:.2f}", "{:.4f}", "{:.4f}", "{:.2f}", "{:.4f}")
+               report["ssim"]["mean_of_n"], report["baseline"]["psnr"], report["baseline"]["ssim"],
+               report["versus_baseline"]["psnr"]["best_of_n"]]  # sequence by sequence: a paired interval
+    formats = ("{:.2f}", "{:.2f}", "{:.4f}", "{:.4f}", "{:.2f}", "{:.4f}", "{:+.2f}")
     for step in range(len(figures[0]["per_step"])):
         table.add_row(str(step + 1), *(f.format(fig["per_step"][step]) for f, fig in zip(formats, figures, strict=True)))
-    table.add_row("mean", *(f"{f.format(fig['mean'])} ± {f.format(fig['ci95'])}" for f, fig in zip(formats, figures, strict=True)), style="bold")
+    table.add_row("mean", *(f"{f.format(fig['mean'])} ± {f.format(fig['ci95']).lstrip('+')}" for f, fig in zip(formats, figures, strict=True)), style="bold")
     return table
 
 
