@@ -120,8 +120,9 @@ def train_step(
     if finite and output.surrogate is not None:  # dreg: the posterior's parameters take the surrogate's gradient
         own = {id(p) for p in getattr(model, "module", model).posterior.parameters()}
         split = [[p for p in model.parameters() if p.requires_grad and (id(p) in own) == side] for side in (False, True)]
-        scaler.scale(output.loss).backward(inputs=split[0], retain_graph=True)
-        scaler.scale(output.surrogate).backward(inputs=split[1])
+        scaler.scale(output.loss).backward(inputs=split[0], retain_graph=bool(split[1]))
+        if split[1]:  # a posterior block may have no parameters of its own
+            scaler.scale(output.surrogate).backward(inputs=split[1])
     elif finite:
         scaler.scale(output.loss).backward()
         scaler.unscale_(optimizer)
