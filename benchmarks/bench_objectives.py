@@ -46,11 +46,13 @@ def main() -> None:
     batches = [pad_collate([torch.as_tensor(np.asarray(sequences[i], np.float32)) for i in rng.choice(len(sequences), args.batch_size)])
                for _ in range(4)]
     k = args.particles
-    variants = {"elbo": ("elbo", 1, True), f"iwae K={k}": ("iwae", k, True), f"iwae K={k}, autograd loop": ("iwae", k, False),
-                f"iwae K={k}, dreg": ("iwae", k, True), f"fivo K={k}": ("fivo", k, True)}
+    variants = {  # objective, particles, fused loop, gradient
+        "elbo": ("elbo", 1, True, "reparam"), f"iwae K={k}": ("iwae", k, True, "reparam"),
+        f"iwae K={k}, autograd loop": ("iwae", k, False, "reparam"), f"iwae K={k}, dreg": ("iwae", k, True, "dreg"),
+        f"fivo K={k}": ("fivo", k, True, "reparam"),
+    }
     setups = {}
-    for name, (objective, particles, fused) in variants.items():
-        gradient = "dreg" if name.endswith("dreg") else "reparam"
+    for name, (objective, particles, fused, gradient) in variants.items():
         config = TrainConfig.from_dict({**read_config(RECIPE), "objective": objective, "particles": particles, "gradient": gradient})
         torch.manual_seed(0)
         model = VRNN(config.model_config((88,)))

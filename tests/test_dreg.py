@@ -84,6 +84,10 @@ def test_dreg_trains_and_bad_combinations_are_refused(tmp_path):
                   lr=1e-2, kl_anneal=0, layout="NTD", objective="iwae", particles=3, gradient="dreg", on_log=records.append)
     bounds = [r["val_iwae"] for r in records if "val_iwae" in r]
     assert len(bounds) == 2 and bounds[-1] > bounds[0], bounds
+    model = _model()
+    for objective in ("elbo", "fivo"):  # the model refuses it too, rather than ignoring it
+        with pytest.raises(ValueError, match=f"with objective '{objective}'"):
+            model(_bits(), objective=objective, particles=2, gradient="dreg")
     for options, message in [
         ({"gradient": "dreg"}, "objective is elbo"),
         ({"gradient": "dreg", "objective": "fivo", "particles": 2}, "objective is fivo"),

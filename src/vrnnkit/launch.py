@@ -18,7 +18,6 @@ from typing import Any
 
 from vrnnkit._atomic import write_json
 from vrnnkit.data.sources import check_source
-from vrnnkit.errors import ConfigError
 from vrnnkit.training.config import resolve_config
 from vrnnkit.training.lock import HELD_ENV, run_lock
 from vrnnkit.training.run_dir import check_new_run, new_run_dir
@@ -36,8 +35,7 @@ def launch_training(
     """Run ``vrnnkit train`` with ``options`` in ``nproc`` processes; return the exit code."""
     # Check the options and the data here, once, rather than letting every process fail on them.
     train_config = resolve_config(options, resume=resume, config=config)
-    if train_config.gradient == "dreg":
-        raise ConfigError("--gradient dreg runs two backward passes, which DistributedDataParallel does not take: use --nproc 1")
+    train_config.check_processes(nproc)
     check_source(train_config.data, train_config.layout, train_config.frame_size, train_config.grey)
     run_dir = resume if resume is not None else out if out is not None else new_run_dir()
     if resume is None:

@@ -98,7 +98,7 @@ class VRNN(nn.Module):
         batch, steps = self._check_frames(x, "x")
         step_mask = self._check_mask(mask, batch, steps, x)
         x = zero_padding(x, step_mask)
-        if objective != "elbo":
+        if objective != "elbo" or gradient != "reparam":  # particle_output also refuses what does not fit
             return objectives.particle_output(
                 self, x, step_mask, objective=objective, particles=particles, latent_weight=kl_weight,
                 threshold=resample_threshold, generator=generator, gradient=gradient,

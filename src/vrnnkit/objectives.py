@@ -80,7 +80,8 @@ def particle_output(
     ``gradient="dreg"`` (module docstring)."""
     batch, steps = x.shape[:2]
     if gradient not in GRADIENTS or (gradient == "dreg" and objective != "iwae"):
-        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)} (dreg with iwae only), got {gradient!r}")
+        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)} (dreg with iwae only), got {gradient!r} "
+                         f"with objective {objective!r}")
     surrogate = None
     if objective == "iwae":
         features, filtered, reference = _iwae_paths(model, x, particles, generator)

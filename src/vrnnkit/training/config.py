@@ -161,6 +161,11 @@ class TrainConfig:
                 "term to floor. Drop --free-bits, or use kl_anneal (it scales the latent terms of the weights)"
             )
 
+    def check_processes(self, count: int) -> None:
+        """Refuse what training in ``count`` processes (DistributedDataParallel) cannot take."""
+        if count > 1 and self.gradient == "dreg":
+            raise ConfigError("--gradient dreg runs two backward passes, which DistributedDataParallel does not take: use --nproc 1")
+
     def model_config(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
         """The model for frames of ``frame_shape``, with ``dropout`` set on every mlp block and
         on a gru/lstm recurrence whose own options do not set it."""

@@ -206,6 +206,7 @@ class _Run:
     ) -> None:
         if config.steps is None and config.epochs is None:
             config = dataclasses.replace(config, steps=DEFAULT_STEPS)  # recorded: a resumed run keeps its length
+        config.check_processes(world.size)  # under torchrun as under --nproc, before anything is written
         self.config, self.run_dir, self.world, self.on_log = config, run_dir, world, on_log
         self.device = resolve_device(config.device, world)
         torch.manual_seed(config.seed)  # the same initial weights in every process
