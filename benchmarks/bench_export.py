@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 
 import vrnnkit
-from vrnnkit.export import export, filter_path, state_size
+from vrnnkit.io.export import export, filter_path, state_size
 
 
 def best_of(runs: int, work) -> float:

@@ -3,7 +3,7 @@
 The vector model of ``bench_mlp_loop.py`` (x 28, h 100, z 16, GRU, 28 steps, Adam, clipping)
 at each batch size; rounds alternate ``torch.set_num_threads(1)`` and ``(N)`` so that both see
 the same load. Prints ms/step for each and N threads' speed-up over 1 (below 1: slower), with
-the load average: the evidence for ``vrnnkit.threads``' default.
+the load average: the evidence for ``vrnnkit.resources.threads``' default.
 
     python benchmarks/bench_threads.py [--threads 2] [--batches 8 32 128]
 """

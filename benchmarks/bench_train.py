@@ -44,7 +44,7 @@ CONFIGS = {
 
 def naive_loss(model: vrnnkit.VRNN, x: Tensor, noise: Tensor) -> Tensor:
     """The negative ELBO with every block called inside the time loop (kl_weight 1)."""
-    from vrnnkit.distributions import normal_kl
+    from vrnnkit.blocks.distributions import normal_kl
 
     batch, steps = x.shape[:2]
     state = model.rnn.initial_state(batch, device=x.device, dtype=x.dtype)
@@ -65,9 +65,9 @@ def naive_loss(model: vrnnkit.VRNN, x: Tensor, noise: Tensor) -> Tensor:
 def floor_loss(model: vrnnkit.VRNN, x: Tensor, latent: Tensor, h: Tensor) -> Tensor:
     """The encoder and decoder over all B*T frames, no recurrence: the floor. They run as the
     model runs them (in cache-sized chunks of frames on the CPU)."""
-    features, maps = model._encode(x)
+    features, maps = model.encode(x)
     filtered = SimpleNamespace(f=latent.view(*x.shape[:2], -1), h=h.view(*x.shape[:2], -1))
-    nll = -model._log_prob_frames(x, filtered, model._references(maps, x.shape[1]))
+    nll = -model.log_prob_frames(x, filtered, model.references(maps, x.shape[1]))
     return nll.sum() / x.shape[0] + features.square().mean()
 
 

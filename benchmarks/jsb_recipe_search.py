@@ -48,7 +48,7 @@ import torch
 from vrnnkit import VRNN, VRNNConfig
 from vrnnkit.data.music import load_piano_roll_json
 from vrnnkit.data.varlen import LengthBucketSampler, VariableLengthDataset, pad_collate
-from vrnnkit.initialization import init_output_bias
+from vrnnkit.model.initialization import init_output_bias
 
 JSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
 

@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import vrnnkit
-from vrnnkit import fused
+from vrnnkit.model import fused
 
 X_DIM, H_DIM, Z_DIM, STEPS = 28, 100, 16, 28
 

@@ -15,7 +15,7 @@ import torch
 
 import vrnnkit
 from vrnnkit.data import bouncing_balls
-from vrnnkit.render import write_clips
+from vrnnkit.io.render import write_clips
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import vrnnkit
-from vrnnkit import checkpoint
 from vrnnkit.errors import CheckpointError
+from vrnnkit.io import checkpoint
 
 
 @pytest.fixture

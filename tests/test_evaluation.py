@@ -15,7 +15,7 @@ import vrnnkit
 from vrnnkit.data import SequenceArray
 from vrnnkit.errors import DataError
 from vrnnkit.evaluation import PSNR_MAX, evaluate, prediction_metrics, psnr, ssim
-from vrnnkit.metrics import prediction_curves
+from vrnnkit.evaluation.metrics import prediction_curves
 
 # ---------------------------------------------------------------------- helpers
 

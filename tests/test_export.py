@@ -45,7 +45,7 @@ def test_onnx_export_writes_both_graphs_and_reports_its_check(exported):
 
 
 def test_onnx_generative_step_matches_pytorch_with_a_dynamic_batch(exported, ckpt):
-    from vrnnkit.export import GenerativeStep
+    from vrnnkit.io.export import GenerativeStep
 
     out, _ = exported
     model = vrnnkit.load(ckpt).eval()
@@ -134,7 +134,7 @@ def test_without_the_export_extra_the_install_line_is_named(ckpt, tmp_path, monk
 
 
 def test_onnx_parity_for_an_mlp_model_of_vector_frames(tmp_path):
-    from vrnnkit.export import export
+    from vrnnkit.io.export import export
 
     model = vrnnkit.VRNN(vrnnkit.VRNNConfig(frame_shape=(6,), h_dim=12, z_dim=3, likelihood="gaussian"))
     report = export(model, tmp_path / "mlp.onnx", steps=5)

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from vrnnkit import VRNN, VRNNConfig, inputs
-from vrnnkit.distributions import normal_kl
+from vrnnkit import VRNN, VRNNConfig
+from vrnnkit.blocks.distributions import normal_kl
+from vrnnkit.model import inputs
 from vrnnkit.training import TrainConfig
 
 
@@ -29,7 +30,7 @@ def test_training_loss_equals_a_per_step_loop_that_differences_by_hand(frame):
     model = _model(frame)
     x = torch.rand(3, 5, *frame, dtype=torch.float64)
     noise = torch.randn(5, 3, 4, dtype=torch.float64)
-    model._noise = lambda *args, **kwargs: noise
+    model.noise = lambda *args, **kwargs: noise
     state = model.rnn.initial_state(3, device=torch.device("cpu"), dtype=torch.float64)
     total, previous = torch.zeros(3, dtype=torch.float64), torch.zeros_like(x[:, 0])
     for t in range(5):
@@ -62,8 +63,8 @@ def test_prediction_differences_against_the_last_context_frame_then_each_generat
     x = torch.rand(2, 4, 1, 16, 12, dtype=torch.float64)
     predicted = model.predict(x, 3, generator=torch.Generator().manual_seed(5))[:, 0]
     generator = torch.Generator().manual_seed(5)
-    features, _ = model._encode(x)
-    state = model._filter(features, model._noise(4, 2, x, generator)).state
+    features, _ = model.encode(x)
+    state = model.filter(features, model.noise(4, 2, x, generator)).state
     previous = x[:, -1]
     reference = [previous, *model.encoder.encode(torch.cat([previous, previous - x[:, -2]], 1))[1]] if skip else None
     for t in range(3):
@@ -77,8 +78,8 @@ def test_filter_step_chain_equals_the_batched_filter():
     model = _model()
     x = torch.rand(2, 5, 1, 16, 12, dtype=torch.float64)
     noise = torch.randn(5, 2, 4, dtype=torch.float64)
-    features, _ = model._encode(x)
-    batched = model._filter(features, noise)
+    features, _ = model.encode(x)
+    batched = model.filter(features, noise)
     state, previous = model.rnn.initial_state(2, device=torch.device("cpu"), dtype=torch.float64), None
     for t in range(5):
         state, z = model.filter_step(x[:, t], state, noise[t], previous=previous)
@@ -90,7 +91,7 @@ def test_filter_step_chain_equals_the_batched_filter():
 @pytest.mark.parametrize("skip", [False, True])
 def test_onnx_export_carries_the_last_frame_in_its_state(tmp_path, skip):
     pytest.importorskip("onnxruntime")
-    from vrnnkit.export import export, state_size
+    from vrnnkit.io.export import export, state_size
 
     extra = {"encoder": "conv-skip", "decoder": "convT-skip"} if skip else {}
     model = _model(**extra).float().eval()

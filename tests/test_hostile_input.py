@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import vrnnkit
-from vrnnkit import budget
 from vrnnkit.cli import app
 from vrnnkit.errors import TrainingError
+from vrnnkit.resources import budget
 from vrnnkit.training.lock import LOCK_NAME, run_lock
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import distributions as D
 
 import vrnnkit
-from vrnnkit.distributions import normal_kl
+from vrnnkit.blocks.distributions import normal_kl
 from vrnnkit.registry import get_builder
 
 FRAME = (2, 3, 4)

@@ -9,7 +9,7 @@ from torch import nn
 
 from vrnnkit import VRNN, VRNNConfig
 from vrnnkit.data.varlen import pad_collate
-from vrnnkit.fused import fused_filter_supported
+from vrnnkit.model.fused import fused_filter_supported
 
 LENGTHS = (7, 3, 5)
 
@@ -31,7 +31,7 @@ def _shared_noise(model: VRNN, monkeypatch: pytest.MonkeyPatch, rows: list[int] 
     noise = torch.randn(max(LENGTHS), len(LENGTHS), model.config.z_dim, dtype=torch.float64,
                         generator=torch.Generator().manual_seed(2))
     picked = noise if rows is None else noise[:, rows]
-    monkeypatch.setattr(model, "_noise", lambda steps, batch, like, generator: picked[:steps])
+    monkeypatch.setattr(model, "noise", lambda steps, batch, like, generator: picked[:steps])
     return noise
 
 

@@ -8,7 +8,7 @@ from torch import distributions as D
 from torch import nn
 
 import vrnnkit
-import vrnnkit.fused
+import vrnnkit.model.fused
 from vrnnkit.errors import DataError
 
 
@@ -200,7 +200,7 @@ def test_training_learns_a_sequential_pattern(rnn, layers):
 def test_fused_time_loop_matches_autograd_in_loss_and_every_gradient(posterior_layers):
     model = _mlp_model(h_dim=12, z_dim=3, frame_shape=(7,), likelihood="gaussian",
                        posterior_options={"layers": posterior_layers}).double()
-    assert vrnnkit.fused.fused_filter_supported(model.posterior, model.rnn, model.phi_z)
+    assert vrnnkit.model.fused.fused_filter_supported(model.posterior, model.rnn, model.phi_z)
     x = torch.rand(5, 6, 7, dtype=torch.float64)
     results = {}
     for fused in (True, False):
@@ -215,7 +215,7 @@ def test_fused_time_loop_matches_autograd_in_loss_and_every_gradient(posterior_l
 
 
 def test_fused_time_loop_is_used_only_where_it_applies():
-    supported = vrnnkit.fused.fused_filter_supported
+    supported = vrnnkit.model.fused.fused_filter_supported
     assert supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,))))
     assert not supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,), rnn="lstm")))
     assert not supported(*_parts(_mlp_model(h_dim=8, z_dim=2, frame_shape=(4,), rnn_layers=2)))
@@ -249,6 +249,6 @@ def test_filter_step_is_one_step_of_the_filter_the_loss_runs():
     model = _mlp_model(h_dim=8, z_dim=3, frame_shape=(5,)).double()
     x = torch.rand(4, 1, 5, dtype=torch.float64)
     noise = torch.randn(1, 4, 3, dtype=torch.float64)
-    filtered = model._filter(model._encode(x)[0], noise)
+    filtered = model.filter(model.encode(x)[0], noise)
     state, z = model.filter_step(x[:, 0], model.rnn.initial_state(4, device=x.device, dtype=x.dtype), noise[0])
     assert torch.allclose(state, filtered.state) and torch.allclose(z, filtered.z[:, 0])

@@ -201,7 +201,7 @@ def test_weight_decay_cosine_schedule_and_weight_averaging_train_and_save(tmp_pa
     import torch
 
     import vrnnkit
-    from vrnnkit.checkpoint import load
+    from vrnnkit.io.checkpoint import load
 
     data, _ = music
     result = vrnnkit.train(data=str(data), out=tmp_path / "run", steps=6, every=3, h_dim=8, z_dim=4, batch_size=2,

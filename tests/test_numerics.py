@@ -15,9 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 import vrnnkit
+from vrnnkit.blocks.distributions import normal_kl, normal_log_prob, positive_std
 from vrnnkit.blocks.likelihoods import Bernoulli, Gaussian, GaussianMixture
 from vrnnkit.cli import app
-from vrnnkit.distributions import normal_kl, normal_log_prob, positive_std
 from vrnnkit.errors import CheckpointError, DataError
 from vrnnkit.training import TrainConfig, train
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import vrnnkit
 from vrnnkit.blocks.base import RecurrentCell
-from vrnnkit.objectives import fivo_log_likelihood, systematic_ancestors
+from vrnnkit.model.objectives import fivo_log_likelihood, systematic_ancestors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def test_iwae_objective_runs_the_fused_loop_and_matches_autograd():
 
 
 def test_fivo_evaluation_runs_few_sequences_at_a_time_when_particles_are_many(monkeypatch):
-    import vrnnkit.objectives as objectives
+    import vrnnkit.model.objectives as objectives
 
     model, x = _model(), _bits(batch=5)
     seen = []
@@ -321,7 +321,7 @@ def test_fivo_resamples_and_its_gradient_matches_finite_differences_of_its_value
     (1e-8, float64) to stay in the piece."""
     model, x = _model(), _bits(steps=12)
     calls = []
-    import vrnnkit.objectives as objectives
+    import vrnnkit.model.objectives as objectives
 
     original = objectives.systematic_ancestors
 
@@ -370,7 +370,7 @@ def test_fivo_resamples_on_the_model_without_dropout_and_keeps_each_blocks_mode(
     """The loop's scoring runs the prior and decoder in eval mode: with dropout in them the
     resampling decisions are those of the same weights without dropout, while the bound's pass
     (with gradients) still draws dropout masks; every block is back in its own mode after."""
-    import vrnnkit.objectives as objectives
+    import vrnnkit.model.objectives as objectives
 
     drawn = []
     original = objectives.systematic_ancestors

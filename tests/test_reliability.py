@@ -143,7 +143,7 @@ def test_a_full_disk_at_a_save_stops_with_what_was_not_saved_and_keeps_the_last_
 
 
 def test_a_failed_model_write_is_reported_the_same_way(tmp_path, tiny_config, monkeypatch):
-    _fail_nth_call(monkeypatch, "vrnnkit.checkpoint.save_file", 2, OSError(errno.EIO, "Input/output error"))
+    _fail_nth_call(monkeypatch, "vrnnkit.io.checkpoint.save_file", 2, OSError(errno.EIO, "Input/output error"))
     out = tmp_path / "run"
     result = _train(*TINY, "--config", str(tiny_config), "--steps", "6", "--every", "2", "--out", str(out))
     assert result.exit_code == 1
@@ -158,7 +158,7 @@ def test_a_read_only_run_folder_is_reported_before_training(tmp_path, tiny_confi
     if os.geteuid() != 0:
         out.chmod(0o555)
     else:  # root writes anywhere: make the write fail as a read-only folder would
-        import vrnnkit._atomic as atomic
+        import vrnnkit.io.atomic as atomic
 
         def read_only(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(out))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vrnnkit import VRNN, VRNNConfig, skips
-from vrnnkit.distributions import normal_kl
+from vrnnkit import VRNN, VRNNConfig
+from vrnnkit.blocks.distributions import normal_kl
 from vrnnkit.errors import ConfigError
+from vrnnkit.model import skips
 
 
 def _model(frame=(1, 16, 12), *, context=0, residual=False, likelihood="gaussian", **extra) -> VRNN:
@@ -64,7 +65,7 @@ def test_filtering_with_skips_equals_a_per_step_loop(context, residual):
         torch.nn.init.normal_(model.residual_gate)  # not the zeros it starts at, which hide the decoder
     x = torch.rand(3, 6, 1, 16, 12, dtype=torch.float64)
     noise = torch.randn(6, 3, 4, dtype=torch.float64)
-    model._noise = lambda *args, **kwargs: noise  # the same posterior noise for both paths
+    model.noise = lambda *args, **kwargs: noise  # the same posterior noise for both paths
     batched = model(x).loss
     assert torch.allclose(batched, _per_step_loss(model, x, noise), rtol=1e-10, atol=1e-8)
 
@@ -76,8 +77,8 @@ def test_prediction_with_skips_equals_a_per_step_loop(context):
     predicted = model.predict(x, 3, generator=torch.Generator().manual_seed(5))[:, 0]
     # the same rollout by hand: filter the context, then generate with the held or moving reference
     generator = torch.Generator().manual_seed(5)
-    features, _ = model._encode(x)
-    filtered = model._filter(features, model._noise(4, 2, x, generator))
+    features, _ = model.encode(x)
+    filtered = model.filter(features, model.noise(4, 2, x, generator))
     state, frame = filtered.state, x[:, -1]
     reference = [frame, *model.encoder.encode(frame)[1]]
     for t in range(3):
@@ -102,7 +103,7 @@ def test_plain_conv_blocks_keep_their_parameter_names():
 @pytest.mark.parametrize("context", [0, 3])
 def test_onnx_export_of_a_skip_model_carries_the_reference_in_its_state(tmp_path, context):
     pytest.importorskip("onnxruntime")
-    from vrnnkit.export import export, state_size
+    from vrnnkit.io.export import export, state_size
 
     model = _model(context=context, residual=True).float().eval()
     torch.nn.init.normal_(model.residual_gate)

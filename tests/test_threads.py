@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from vrnnkit import threads
+from vrnnkit.resources import threads
 
 
 def test_idle_cores_rounds_and_keeps_one():

@@ -1,4 +1,4 @@
-"""Exceptions that vrnnkit raises for problems a user can fix.
+"""Exceptions that vrnnkit raises for problems a user can fix, and the checks every layer shares.
 
 Every error here carries a message meant for a person: what was wrong, where, and what was
 expected. The command line turns them into a short message and an exit code, never a traceback.
@@ -6,8 +6,12 @@ expected. The command line turns them into a short message and an exit code, nev
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 
 class VRNNKitError(Exception):
@@ -93,3 +97,25 @@ def pickle_hint(path: os.PathLike[str] | str) -> str | None:
     if head == _ZIP_MAGIC:
         return "a zip archive (torch.save writes these), not a safetensors file; vrnnkit never unpickles"
     return None
+
+
+def is_count(value: Any, minimum: int = 1) -> bool:
+    """Whether ``value`` is an int (a bool is not) of at least ``minimum``: the one rule for
+    counts and sizes."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_counts(**counts: Any) -> None:
+    """Raise a ValueError naming the first of ``counts`` that is not a positive integer."""
+    for name, value in counts.items():
+        if not is_count(value):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def moved_module(old: str, new: str) -> ModuleType:
+    """The module ``new``, for the deprecated alias module ``old`` that stands for it (the alias
+    puts it in ``sys.modules`` in its own place, so both names are one module). Warns with a
+    DeprecationWarning that points at the import of the alias (``warnings`` skips the import
+    machinery's frames when it counts the stack level)."""
+    warnings.warn(f"{old} moved to {new}; import it from there ({old} will be removed)", DeprecationWarning, stacklevel=3)
+    return importlib.import_module(new)

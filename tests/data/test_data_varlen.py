@@ -29,7 +29,7 @@ from vrnnkit.data.varlen import (
     pad_collate,
 )
 from vrnnkit.errors import ConfigError, DataError
-from vrnnkit.initialization import init_output_bias
+from vrnnkit.model.initialization import init_output_bias
 
 JSB = JSB_FILE
 

@@ -24,12 +24,14 @@ from vrnnkit.api._inference import (
     read_input,
     sample,
 )
+from vrnnkit.api._music import checkpoint_note_range
 from vrnnkit.api._train import train
-from vrnnkit.export import export
+from vrnnkit.io.export import export
 
 __all__ = [
     "DEFAULT_SAMPLES",
     "Prediction",
+    "checkpoint_note_range",
     "convert_file",
     "default_prediction_path",
     "evaluate",

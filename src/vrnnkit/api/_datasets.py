@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from vrnnkit._atomic import atomic_path
-from vrnnkit.budget import format_bytes
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.frames import parse_size
 from vrnnkit.data.sources import generate_chunks, generate_dataset
 from vrnnkit.errors import ConfigError, output_problem
+from vrnnkit.io.atomic import atomic_path
+from vrnnkit.resources.budget import format_bytes
 
 __all__ = ["convert_file", "generate_dataset", "write_dataset"]
 

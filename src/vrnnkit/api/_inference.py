@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vrnnkit._atomic import write_json
 from vrnnkit.api._music import (
     MUSIC_SUFFIXES,
     check_music_output,
@@ -24,8 +23,6 @@ from vrnnkit.api._music import (
     read_sequences_input,
     write_rolls,
 )
-from vrnnkit.budget import require_memory
-from vrnnkit.checkpoint import find_checkpoint, load
 from vrnnkit.data import check_unit_range, load_sequences
 from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.files import VIDEO_SUFFIXES
@@ -35,11 +32,14 @@ from vrnnkit.data.sources import BUILTIN_DATA, open_source
 from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
-from vrnnkit.evaluation import evaluate as evaluate_sequences
-from vrnnkit.inputs import check_feedback, sample_feedback
-from vrnnkit.metrics import prediction_metrics
+from vrnnkit.evaluation.bounds import evaluate as evaluate_sequences
+from vrnnkit.evaluation.metrics import prediction_metrics
+from vrnnkit.io.atomic import write_json
+from vrnnkit.io.checkpoint import find_checkpoint, load
+from vrnnkit.io.render import check_output, prediction_borders, write_clips
 from vrnnkit.model import VRNN
-from vrnnkit.render import check_output, prediction_borders, write_clips
+from vrnnkit.model.inputs import check_feedback, sample_feedback
+from vrnnkit.resources.budget import require_memory
 
 DEFAULT_HORIZON = 10
 """Frames predicted when the data has none after the context (and generated test data's)."""
@@ -310,7 +310,7 @@ def evaluate(
 
     A file of sequences of different lengths (a note-list JSON, whose ``split`` is ``test``
     by default; a .npz of several arrays or with lengths; a folder) is scored per time step
-    instead: ``vrnnkit.sequence_eval.evaluate_variable_length`` (no prediction metrics), with
+    instead: ``vrnnkit.evaluation.sequences.evaluate_variable_length`` (no prediction metrics), with
     per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
     step's ELBO term)."""
     if isinstance(data, str):  # jsb-chorales: the cached file; MNIST data: the cached folder

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vrnnkit._atomic import atomic_path, write_json
-from vrnnkit.checkpoint import read_metadata
 from vrnnkit.data.music import PIANO_KEYS, NoteRange, plot_piano_roll, write_midi
 from vrnnkit.data.varlen_source import read_split
 from vrnnkit.errors import ConfigError, DataError, output_problem
+from vrnnkit.evaluation.sequences import evaluate_variable_length
+from vrnnkit.io.atomic import atomic_path, write_json
+from vrnnkit.io.checkpoint import read_metadata
 from vrnnkit.model import VRNN
-from vrnnkit.sequence_eval import evaluate_variable_length
 from vrnnkit.training.run_dir import NOTE_RANGE_KEY
 
 MUSIC_SUFFIXES = (".mid", ".midi")

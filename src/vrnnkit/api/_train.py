@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vrnnkit.budget import out_of_memory
+from vrnnkit.resources.budget import out_of_memory
 from vrnnkit.tracking import check_tracker, open_tracker
 from vrnnkit.training import loop
 from vrnnkit.training.config import resolve_config

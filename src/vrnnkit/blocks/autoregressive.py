@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vrnnkit.blocks.base import Likelihood
+from vrnnkit.blocks.distributions import rand
 from vrnnkit.blocks.layers import check_positive
-from vrnnkit.distributions import rand
 from vrnnkit.registry import register
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vrnnkit.blocks.base import Likelihood
+from vrnnkit.blocks.distributions import normal_log_prob, positive_std, rand, randn
 from vrnnkit.blocks.layers import check_positive
-from vrnnkit.distributions import normal_log_prob, positive_std, rand, randn
 from vrnnkit.registry import register
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from vrnnkit.blocks.base import Posterior
+from vrnnkit.blocks.distributions import positive_std
 from vrnnkit.blocks.layers import activation as make_activation
 from vrnnkit.blocks.layers import check_dropout, check_positive, mlp, numel
-from vrnnkit.distributions import positive_std
 from vrnnkit.registry import register
 
 

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.text import Text
 
 from vrnnkit._version import __version__
-from vrnnkit.budget import memory_message, out_of_memory
 from vrnnkit.errors import RunError, VRNNKitError
-from vrnnkit.threads import choose_threads
+from vrnnkit.resources.budget import memory_message, out_of_memory
+from vrnnkit.resources.threads import choose_threads
 
 app = typer.Typer(
     name="vrnnkit",

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vrnnkit import api
-from vrnnkit.api._music import checkpoint_note_range
+from vrnnkit.api import checkpoint_note_range
 from vrnnkit.cli.common import app, console, friendly_errors, note, say
 from vrnnkit.data.sources import BUILTIN_DATA
 
@@ -146,7 +146,7 @@ def evaluate_command(
     layout: Annotated[Opt[str], typer.Option(help="Layout of a data file (guessed by default).", show_default=False)] = None,
     size: Size = None,
     grey: Grey = False,
-    json_out: Annotated[Opt[Path], typer.Option("--json", help="Save the figures here (schema: vrnnkit.evaluation; vrnnkit.sequence_eval for sequences of different lengths).", show_default=False)] = None,
+    json_out: Annotated[Opt[Path], typer.Option("--json", help="Save the figures here (schema: vrnnkit.evaluation; vrnnkit.evaluation.sequences for sequences of different lengths).", show_default=False)] = None,
     split: Split = None,
     per_sequence: Annotated[Opt[Path], typer.Option(help="Sequences of different lengths: write each sequence's ELBO and IWAE bound here (.csv or .json).", show_default=False)] = None,
     per_step: Annotated[bool, typer.Option("--per-step", help="Add each time step's ELBO term to the --per-sequence file.", **Flag)] = False,
@@ -172,7 +172,7 @@ def evaluate_command(
     if json_out is not None:
         say(f"wrote {json_out}")
     if plot is not None:
-        from vrnnkit.plots import plot_prediction
+        from vrnnkit.io.plots import plot_prediction
 
         say(f"wrote {plot_prediction(report.get('prediction', {'skipped': 'no prediction for this data'}), plot)}")
 
@@ -180,7 +180,7 @@ def evaluate_command(
 def _check_plot(plot: Path, model: Any) -> None:
     """--plot: a writable figure path, and a model whose predictions are images."""
     from vrnnkit.errors import ConfigError
-    from vrnnkit.plots import check_plot_path
+    from vrnnkit.io.plots import check_plot_path
 
     check_plot_path(plot, "--plot")
     if not model.config.is_image:

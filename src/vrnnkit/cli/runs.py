@@ -22,7 +22,7 @@ def runs_command(
     as_json: JsonFlag = False,
 ) -> None:
     """List the runs under ./runs (or FOLDER), newest first: data, steps, best validation, wall time, size."""
-    from vrnnkit.runs import list_runs
+    from vrnnkit.io.runs import list_runs
 
     runs = list_runs(folder)
     if as_json:
@@ -79,7 +79,7 @@ def info_command(
     as_json: JsonFlag = False,
 ) -> None:
     """What a checkpoint holds: config, parameters per block, vrnnkit and format versions (read from its header; nothing is built)."""
-    from vrnnkit.runs import MODEL, checkpoint_info
+    from vrnnkit.io.runs import MODEL, checkpoint_info
 
     info = checkpoint_info(ckpt / MODEL if ckpt.is_dir() else ckpt)
     if as_json:
@@ -112,6 +112,6 @@ def plot_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The figure to write: .png, .pdf or .svg.")] = Path("curves.png"),
 ) -> None:
     """Draw the training and validation curves of one or several runs on shared axes."""
-    from vrnnkit.plots import plot_runs
+    from vrnnkit.io.plots import plot_runs
 
     say(f"wrote {plot_runs(runs, out)}")

@@ -20,10 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vrnnkit import api
-from vrnnkit.budget import MEMORY_ENV
 from vrnnkit.cli.common import app, console, errors, friendly_errors
 from vrnnkit.errors import ConfigError
 from vrnnkit.registry import KINDS, list_blocks
+from vrnnkit.resources.budget import MEMORY_ENV
 from vrnnkit.training.config import DEFAULT_STEPS, TrainConfig, block_options_from_pairs
 
 DATA, MODEL, OPTIMISATION, RUN = "Data", "Model", "Optimisation", "Run"
@@ -138,7 +138,7 @@ def train_command(**given: Any) -> None:
     if any(pairs.values()):
         options["block_options"] = block_options_from_pairs(pairs)
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from vrnnkit.launch import launch_training
+        from vrnnkit.training.launch import launch_training
 
         if log is not None:
             raise ConfigError("--log applies to a run in one process; leave out --nproc, or --log")

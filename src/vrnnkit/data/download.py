@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-from vrnnkit._atomic import _fsync_directory
 from vrnnkit._version import __version__
 from vrnnkit.data.catalog import (
     BUILTIN_FILE_DATA,
@@ -34,6 +33,7 @@ from vrnnkit.data.catalog import (
     get_dataset,
 )
 from vrnnkit.errors import ConfigError, DownloadError
+from vrnnkit.io.atomic import fsync_directory as _fsync_directory
 
 Progress = Callable[[str, int, "int | None"], None]
 """``on_progress(file name, bytes so far, total bytes or None)``."""

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vrnnkit.budget import require_memory
 from vrnnkit.data.checks import require_file
 from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.data.video import read_video
 from vrnnkit.errors import DataError, pickle_hint
+from vrnnkit.resources.budget import require_memory
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 SUFFIXES = (".npy", ".npz", *VIDEO_SUFFIXES)

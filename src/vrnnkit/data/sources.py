@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from vrnnkit._checks import is_count
-from vrnnkit.budget import require_memory
 from vrnnkit.data.balls import bouncing_balls
 from vrnnkit.data.catalog import BUILTIN_FILE_DATA
 from vrnnkit.data.datasets import WindowDataset, train_val_split
@@ -24,7 +22,8 @@ from vrnnkit.data.files import open_sequences
 from vrnnkit.data.mnist import load_mnist, sequential_mnist
 from vrnnkit.data.moving_mnist import moving_mnist
 from vrnnkit.data.sequences import SequenceArray
-from vrnnkit.errors import ConfigError
+from vrnnkit.errors import ConfigError, is_count
+from vrnnkit.resources.budget import require_memory
 
 BUILTIN_DATA = ("bouncing-balls", "moving-mnist", "seq-mnist")
 GENERATED_DATA = ("bouncing-balls", "moving-mnist")

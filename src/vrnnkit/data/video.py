@@ -17,9 +17,9 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from vrnnkit.budget import available_memory, require_memory
 from vrnnkit.data.frames import grey_frames, resize_frames
 from vrnnkit.errors import DataError
+from vrnnkit.resources.budget import available_memory, require_memory
 
 FULL_SIZE_LIMIT = 4 * 2**30
 """Bytes of decoded frames a video may take at full size (no ``--size``) before it is refused."""

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vrnnkit._checks import is_count
-from vrnnkit.config import VRNNConfig
 from vrnnkit.data.frames import format_size, parse_size
-from vrnnkit.errors import ConfigError
-from vrnnkit.objectives import GRADIENTS, OBJECTIVES
+from vrnnkit.errors import ConfigError, is_count
+from vrnnkit.model.config import VRNNConfig
+from vrnnkit.model.objectives import GRADIENTS, OBJECTIVES
 from vrnnkit.registry import KINDS
 
 DEFAULT_STEPS = 1200  # with neither steps nor epochs: the default run, a few minutes on a CPU

@@ -26,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from vrnnkit.errors import TrainingError
-from vrnnkit.initialization import has_logit_output, init_output_bias
-from vrnnkit.inputs import sample_feedback
+from vrnnkit.io.runs import read_metrics
 from vrnnkit.model import VRNN, VRNNOutput
-from vrnnkit.runs import read_metrics
-from vrnnkit.sizing import check_training_memory
+from vrnnkit.model.initialization import has_logit_output, init_output_bias
+from vrnnkit.model.inputs import sample_feedback
+from vrnnkit.resources.sizing import check_training_memory
 from vrnnkit.training.batching import (
     TrainingData,
     batches_per_epoch,

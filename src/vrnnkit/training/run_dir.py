@@ -26,13 +26,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vrnnkit._atomic import atomic_path, write_json
-from vrnnkit.checkpoint import save
-from vrnnkit.config import VRNNConfig
 from vrnnkit.data.music import NoteRange
 from vrnnkit.errors import CheckpointError, ConfigError, TrainingError
-from vrnnkit.inputs import sample_feedback
+from vrnnkit.io.atomic import atomic_path, write_json
+from vrnnkit.io.checkpoint import save
 from vrnnkit.model import VRNN
+from vrnnkit.model.config import VRNNConfig
+from vrnnkit.model.inputs import sample_feedback
 from vrnnkit.training.config import TrainConfig
 from vrnnkit.training.distributed import World, noise_seed
 
@@ -143,7 +143,7 @@ class RunFolder:
 
     def write_samples(self, model: VRNN, step: int) -> None:
         """samples.gif: clips sampled from the prior at the end of an image model's run."""
-        from vrnnkit.render import write_clips
+        from vrnnkit.io.render import write_clips
 
         generator = torch.Generator().manual_seed(self.config.seed)
         try:

@@ -35,7 +35,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def _umask() -> int:
@@ -44,8 +44,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
+def fsync_directory(folder: Path) -> None:
+    """Make a rename into ``folder`` durable (where the platform can open a directory)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

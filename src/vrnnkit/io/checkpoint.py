@@ -16,12 +16,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from vrnnkit._atomic import atomic_path
 from vrnnkit._version import __version__
-from vrnnkit.checkpoint_shapes import listed_tensors, materialise, model_for_header
-from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, VRNNKitError, file_problem
+from vrnnkit.io.atomic import atomic_path
+from vrnnkit.io.checkpoint_shapes import listed_tensors, materialise, model_for_header
 from vrnnkit.model import VRNN
+from vrnnkit.model.config import VRNNConfig
 
 FORMAT_NAME = "vrnnkit"
 FORMAT_VERSION = 1
@@ -75,7 +75,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device | None = None)
     """Rebuild the model saved at ``path`` from that file alone, on ``device`` (default CPU).
 
     The header's config is checked against the tensors the header lists before any weight is
-    read (:mod:`vrnnkit.checkpoint_shapes`), so a load takes about the file's size in memory."""
+    read (:mod:`vrnnkit.io.checkpoint_shapes`), so a load takes about the file's size in memory."""
     source = _check_file(path)
     try:
         with safe_open(str(source), framework="pt", device="cpu") as handle:

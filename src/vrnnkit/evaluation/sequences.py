@@ -37,12 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vrnnkit._checks import check_counts
 from vrnnkit._version import __version__
 from vrnnkit.data.varlen import pad_collate
-from vrnnkit.errors import DataError
+from vrnnkit.errors import DataError, check_counts
 from vrnnkit.model import VRNN
-from vrnnkit.objectives import fivo_log_likelihood, parse_bounds
+from vrnnkit.model.objectives import fivo_log_likelihood, parse_bounds
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ derivatives of the activations are computed once for all steps. Both passes are 
 the CPU's per-operation costs (fewer, in-place operations per step; views made once); what
 each choice gained is measured in docs/performance.md.
 
-It computes exactly what ``VRNN._filter`` computes with autograd for these blocks; the tests
+It computes exactly what ``VRNN.filter`` computes with autograd for these blocks; the tests
 compare both, gradients included. ``fused_filter_supported`` says when it applies: an ``mlp``
 posterior with ReLU activations, a one-layer ``gru``, no dropout active in either, no autocast.
 """

@@ -80,22 +80,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vrnnkit._checks import check_counts
 from vrnnkit._version import __version__
 from vrnnkit.data.checks import check_unit_range
-from vrnnkit.errors import DataError
-from vrnnkit.metrics import (  # noqa: F401  (the metrics are part of this module's API)
-    MSE_FLOOR,
-    PSNR_MAX,
-    SSIM_WINDOW,
-    prediction_curves,
-    prediction_metrics,
-    psnr,
-    ssim,
-    summarise_curves,
-)
+from vrnnkit.errors import DataError, check_counts
+from vrnnkit.evaluation.metrics import SSIM_WINDOW, prediction_curves, summarise_curves
 from vrnnkit.model import VRNN
-from vrnnkit.objectives import fivo_log_likelihood, parse_bounds
+from vrnnkit.model.objectives import fivo_log_likelihood, parse_bounds
 
 # ---------------------------------------------------------------------- evaluate
 
@@ -126,7 +116,7 @@ def evaluate(
             It is read once, ``batch_size`` sequences at a time.
         iwae_samples: K, the importance samples of the IWAE bound (``particles`` wins).
         bounds: which bounds on log p(x) to report, of ``elbo``, ``iwae`` and ``fivo``
-            (``vrnnkit.objectives``); the ELBO is always reported.
+            (``vrnnkit.model.objectives``); the ELBO is always reported.
         particles: K of the IWAE and FIVO bounds (default ``iwae_samples``).
         context: real frames the model sees before predicting (frames 0 .. context-1).
         horizon: frames to predict after them; ``None`` predicts the rest of each sequence

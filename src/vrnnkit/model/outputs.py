@@ -29,7 +29,7 @@ class VRNNOutput:
     """(B,) number of observed elements in each sequence (steps x frame size)."""
     surrogate: Tensor | None = None
     """With IWAE's ``gradient="dreg"``: the scalar whose gradient the posterior's own parameters
-    take (``vrnnkit.objectives``); every other parameter takes ``loss``'s. None otherwise."""
+    take (``vrnnkit.model.objectives``); every other parameter takes ``loss``'s. None otherwise."""
 
     @property
     def nats_per_dim(self) -> Tensor:

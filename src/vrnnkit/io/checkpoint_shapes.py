@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import CheckpointError, ConfigError
 from vrnnkit.model import VRNN
-from vrnnkit.sizing import describe, meta_model, parameter_floor
+from vrnnkit.model.config import VRNNConfig
+from vrnnkit.resources.sizing import describe, meta_model, parameter_floor
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -11,10 +11,10 @@ One time step, with the paper's equation numbers:
     ELBO             = sum_t log p(x_t | ·) - KL(q || p)   eq. 11
 
 Only the recurrent path (posterior, sample, phi_z, rnn) depends on earlier steps, so only it
-runs inside the time loop (``_filter``). phi_x runs once over every frame before the loop;
+runs inside the time loop (``filter``). phi_x runs once over every frame before the loop;
 the prior, the decoder and the likelihood run once over every step after it. Generation is
 the exception: a generated frame feeds back into phi_x, so there the whole step is in the loop
-(``_generate``).
+(``generate``).
 """
 
 from __future__ import annotations
@@ -26,24 +26,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import vrnnkit.inputs as inputs
-import vrnnkit.objectives as objectives
-import vrnnkit.skips as skips
-from vrnnkit._checks import check_counts
-from vrnnkit.config import VRNNConfig
-from vrnnkit.distributions import normal_kl, randn
-from vrnnkit.errors import ConfigError
-from vrnnkit.fused import Resampler, fused_filter, fused_filter_supported
-from vrnnkit.masking import masked, zero_padding
-from vrnnkit.outputs import Filtered, VRNNOutput
+import vrnnkit.model.inputs as inputs
+import vrnnkit.model.skips as skips
+from vrnnkit.blocks.distributions import randn
+from vrnnkit.errors import ConfigError, check_counts
+from vrnnkit.model.config import VRNNConfig
+from vrnnkit.model.fused import Resampler, fused_filter, fused_filter_supported
+from vrnnkit.model.masking import zero_padding
+from vrnnkit.model.objective_registry import DEFAULT_THRESHOLD, get_objective
+from vrnnkit.model.outputs import Filtered, VRNNOutput
 from vrnnkit.registry import get_builder
 
 
 class VRNN(nn.Module):
-    """A VRNN built from registered blocks, as ``config`` names them."""
+    """A VRNN built from registered blocks, as ``config`` names them.
+
+    Whole batches: ``forward`` (a training objective), ``log_likelihood`` (the IWAE bound),
+    ``sample`` and ``predict``. The step-level interface that objectives, evaluation, export
+    and training compose, every shape batch-first unless said:
+
+    - ``checked_batch`` checks a batch and its mask; ``encode`` runs phi_x over every frame
+      and ``references`` gives each step's skip reference;
+    - ``noise`` draws the posterior noise and ``filter`` runs the time loop (the posterior,
+      a draw of z_t, phi_z, the recurrence) into a ``Filtered`` path;
+    - ``prior_params`` is the prior over every step, ``decode`` the likelihood's parameters,
+      ``log_prob_frames`` scores frames under the likelihood;
+    - ``filter_step``, ``generate_step`` and ``encode_frame`` are one step of each (the
+      exported graphs); ``generate`` rolls the prior forward from a state.
+    """
 
     fused_loop: bool = True
-    """Use the hand-written backward pass of ``vrnnkit.fused`` where the blocks allow it."""
+    """Use the hand-written backward pass of ``vrnnkit.model.fused`` where the blocks allow it."""
     _compiled_step: Callable[..., Any] | None = None
     cpu_chunk_elements: int = 1 << 18
     """On the CPU, the batched encoder and decoder run over chunks of frames of about this many
@@ -84,7 +97,7 @@ class VRNN(nn.Module):
         generator: torch.Generator | None = None,
         objective: str = "elbo",
         particles: int = 1,
-        resample_threshold: float = objectives.DEFAULT_THRESHOLD,
+        resample_threshold: float = DEFAULT_THRESHOLD,
         gradient: str = "reparam",
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape) (or another bound: ``objective``).
@@ -93,40 +106,14 @@ class VRNN(nn.Module):
         a padded frame may hold anything, NaN included: it is zeroed before encoding and left
         out of every sum. ``kl_weight`` scales the KL in the loss (KL annealing); ``free_bits`` is a
         floor, in nats, on each step's batch-mean KL in the loss (steps below it get no push towards
-        the prior). ``gradient="dreg"``: IWAE's doubly reparameterised gradient (``vrnnkit.objectives``).
+        the prior). ``objective``: ``elbo`` (the KL in closed form), or ``iwae`` or ``fivo`` over
+        ``particles`` latent paths per sequence (``vrnnkit.model.objectives``, looked up by name in
+        ``vrnnkit.model.objective_registry``); ``gradient="dreg"``: IWAE's doubly reparameterised gradient.
         """
-        batch, steps = self._check_frames(x, "x")
-        step_mask = self._check_mask(mask, batch, steps, x)
-        x = zero_padding(x, step_mask)
-        if objective != "elbo" or gradient != "reparam":  # particle_output also refuses what does not fit
-            return objectives.particle_output(
-                self, x, step_mask, objective=objective, particles=particles, latent_weight=kl_weight,
-                threshold=resample_threshold, generator=generator, gradient=gradient,
-            )
-        features, maps = self._encode(x)
-        filtered = self._filter(features, self._noise(steps, batch, x, generator))
-        nll = -self._log_prob_frames(x, filtered, self._references(maps, steps))
-        mean_p, std_p = self._prior(filtered.h)
-        kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
-        if step_mask is not None:
-            nll, kl = masked(nll, step_mask), masked(kl, step_mask)
-        kl_per_step = kl.mean(0)
-        kl_term = kl_per_step.sum()
-        if free_bits > 0:
-            observed = step_mask.mean(0) if step_mask is not None else torch.ones_like(kl_per_step)
-            kl_term = torch.maximum(kl_per_step, free_bits * observed).sum()
-        nll_seq, kl_seq = nll.sum(1), kl.sum(1)
-        frame_size = math.prod(self.config.frame_shape)
-        observed_steps = step_mask.sum(1) if step_mask is not None else torch.full_like(nll_seq, steps)
-        return VRNNOutput(
-            loss=nll_seq.mean() + kl_weight * kl_term,
-            nll=nll_seq.mean(),
-            kl=kl_seq.mean(),
-            elbo=-(nll_seq + kl_seq),
-            nll_per_step=nll.mean(0),
-            kl_per_step=kl_per_step,
-            dims=observed_steps * frame_size,
-        )
+        x, step_mask = self.checked_batch(x, mask)
+        figures = get_objective(objective, gradient).output
+        return figures(self, x, step_mask, latent_weight=kl_weight, free_bits=free_bits, particles=particles,
+                       threshold=resample_threshold, generator=generator, gradient=gradient)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -148,18 +135,8 @@ class VRNN(nn.Module):
         towards log p(x) as k grows. Samples are processed ``chunk_size`` at a time to bound
         memory. ``mask`` (B, T) marks observed steps, as in ``forward``.
         """
-        batch, steps = self._check_frames(x, "x")
-        step_mask = self._check_mask(mask, batch, steps, x)
-        x = zero_padding(x, step_mask)
-        check_counts(k=k)
-        if chunk_size is None:
-            chunk_size = self.iwae_chunk_size(batch, steps, k)
-        encoded = self._encode(x)  # phi_x is deterministic: encode once, reuse for every sample
-        log_weights = [
-            objectives.iwae_log_weights(self, x, step_mask, min(chunk_size, k - start), generator, encoded=encoded)
-            for start in range(0, k, chunk_size)
-        ]
-        return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+        bound = get_objective("iwae").log_likelihood
+        return bound(self, x, k, chunk_size=chunk_size, mask=mask, generator=generator)
 
     def iwae_chunk_size(self, batch: int, steps: int, k: int) -> int:
         """How many importance samples ``log_likelihood`` processes at once by default.
@@ -191,7 +168,7 @@ class VRNN(nn.Module):
         check_counts(num=num, steps=steps)
         device, dtype = self._device_dtype()
         state = self.rnn.initial_state(num, device=device, dtype=dtype)
-        return self._generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context, feedback=feedback)
+        return self.generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context, feedback=feedback)
 
     @torch.no_grad()
     def predict(
@@ -211,25 +188,27 @@ class VRNN(nn.Module):
         generated frames fed back (``mean`` and ``feedback`` as in ``sample``). The samples of
         one sequence share its context and differ in their latent draws, the posterior's included.
         """
-        batch, steps = self._check_frames(context, "context")
+        batch, steps = self.check_frames(context, "context")
         check_counts(horizon=horizon, samples=samples)
-        features, maps = self._encode(context)
+        features, maps = self.encode(context)
         features = features.repeat_interleave(samples, dim=0)
-        filtered = self._filter(features, self._noise(steps, batch * samples, context, generator))
+        filtered = self.filter(features, self.noise(steps, batch * samples, context, generator))
         last = skips.last_frame(maps, batch, steps, samples)
         hold = steps if self.config.skip_context > 0 else 0  # the last context frame is held
         previous = context[:, -1].repeat_interleave(samples, dim=0)
-        frames = self._generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous, feedback=feedback)
+        frames = self.generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous, feedback=feedback)
         return frames.view(batch, samples, horizon, *self.config.frame_shape)
 
     # ------------------------------------------------------------------ the recurrence
 
-    def _filter(
+    def filter(
         self, features: Tensor, noise: Tensor, state: Tensor | None = None, *, particles: int = 1, resample: Resampler | None = None,
     ) -> Filtered:
-        """Run q over frame features (B, T, E) with posterior noise (T, particles * B, Z): the
-        time loop, for ``particles`` latent paths per sequence (rows particle-major), with
-        ``resample`` a particle filter's hook (``vrnnkit.fused.fused_filter``)."""
+        """Run q over frame features (B, T, E) (``encode``) with posterior noise (T, particles * B, Z)
+        (``noise``) from ``state`` (None: the recurrence's initial state): the time loop, for
+        ``particles`` latent paths per sequence (rows particle-major), with ``resample`` a
+        particle filter's hook (``vrnnkit.model.fused.fused_filter``). Returns every step's
+        h_{t-1}, posterior mean and std, z_t and phi_z(z_t), and the final state."""
         batch, steps = features.shape[0] * particles, features.shape[1]
         time_major = features.transpose(0, 1)
         if state is None:
@@ -282,7 +261,7 @@ class VRNN(nn.Module):
         ``previous``: the frame before (None: zeros), read by ``frame_difference`` models.
 
         The exported ONNX filtering graph is this function."""
-        e, reference = self._encode_frame(frame, previous)
+        e, reference = self.encode_frame(frame, previous)
         mean, std = self.posterior(e, self.rnn.output(state))
         z = torch.addcmul(mean, std, noise)
         next_state = self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state)
@@ -301,7 +280,7 @@ class VRNN(nn.Module):
         """One step of generation from ``state`` with prior noise (B, z_dim): the likelihood's
         parameters, the frame (its mean, or a draw with ``mean=False``), the next state and,
         for a skip decoder, the new frame's reference (None otherwise). ``reference`` is the
-        skip reference of this step (see ``vrnnkit.skips``; None: zeros, as at step 0);
+        skip reference of this step (see ``vrnnkit.model.skips``; None: zeros, as at step 0);
         ``previous`` the frame before the new one (None: zeros), as in ``filter_step``.
 
         The exported ONNX and torch.export graphs are this function."""
@@ -310,12 +289,12 @@ class VRNN(nn.Module):
         f = self.phi_z(torch.addcmul(prior_mean, prior_std, noise))
         if self.uses_skips and reference is None:
             reference = skips.zeros(self.reference_shapes(), state.shape[0], state)
-        params = self._decode(f, h, reference)
+        params = self.decode(f, h, reference)
         frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
-        features, new_reference = self._encode_frame(frame, previous)
+        features, new_reference = self.encode_frame(frame, previous)
         return params, frame, self.rnn.step(self.rnn.precompute(features), f, state), new_reference
 
-    def _encode_frame(self, frame: Tensor, previous: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
+    def encode_frame(self, frame: Tensor, previous: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
         """phi_x of one frame per sequence (after ``previous``), and its skip reference if any."""
         seen = inputs.encoder_input(frame, previous, bool(self.config.frame_difference))
         if not self.uses_skips:
@@ -325,10 +304,10 @@ class VRNN(nn.Module):
 
     @property
     def encoder_input_shape(self) -> tuple[int, ...]:
-        """The shape of what phi_x reads per frame (``vrnnkit.inputs``)."""
+        """The shape of what phi_x reads per frame (``vrnnkit.model.inputs``)."""
         return inputs.encoder_input_shape(self.config.frame_shape, bool(self.config.frame_difference))
 
-    def _decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
+    def decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
         """The likelihood's parameters from the latent features, h_{t-1} and, for a skip
         decoder, the reference frame followed by its feature maps. With ``skip_residual`` the
         decoder's output is added to the parameters whose mean is the reference frame, so it
@@ -340,7 +319,7 @@ class VRNN(nn.Module):
             params = self.residual_gate * params + self.likelihood.frame_params(reference[0])
         return params
 
-    def _generate(
+    def generate(
         self,
         state: Tensor,
         steps: int,
@@ -353,12 +332,13 @@ class VRNN(nn.Module):
         previous: Tensor | None = None,
         feedback: str | None = None,
     ) -> Tensor:
-        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back.
+        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back: the
+        frames (rows, steps, *frame_shape), each the likelihood's mean (``use_mean``) or a draw.
 
         ``first`` is the index of the first generated frame in its sequence, ``reference`` the
         skip reference of that step and ``previous`` the frame before it (None: zeros). A
         generated frame becomes the reference while its index is below ``hold`` (always when
-        ``hold`` is 0): ``vrnnkit.skips``' rule. ``feedback`` as in ``sample``."""
+        ``hold`` is 0): ``vrnnkit.model.skips``' rule. ``feedback`` as in ``sample``."""
         feed_draw = inputs.feeds_draw(feedback, use_mean)
         frames, shape = [], (state.shape[0], self.config.z_dim)
         for t in range(first, first + steps):
@@ -377,7 +357,7 @@ class VRNN(nn.Module):
 
     # ------------------------------------------------------------------ helpers
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
         """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
         skip decoder, the reference of every frame (the frames, then each level of maps)."""
         frames = x.flatten(0, 1)
@@ -390,8 +370,8 @@ class VRNN(nn.Module):
         maps = [torch.cat(level) for level in zip(*(m for _, m in encoded), strict=True)]
         return features, [frames, *maps]
 
-    def _references(self, maps: list[Tensor] | None, steps: int) -> list[Tensor] | None:
-        """Each step's skip reference, from the references of every frame (``_encode``)."""
+    def references(self, maps: list[Tensor] | None, steps: int) -> list[Tensor] | None:
+        """Each step's skip reference, from the references of every frame (``encode``)."""
         return None if maps is None else skips.gather(maps, steps, self.config.skip_context)
 
     def reference_shapes(self) -> list[tuple[int, ...]]:
@@ -407,12 +387,13 @@ class VRNN(nn.Module):
             return frames.shape[0]
         return max(1, self.cpu_chunk_elements // max(1, math.prod(self.config.frame_shape)))
 
-    def _prior(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """The prior over every step at once, from h_{t-1} stacked (B, T, H)."""
+    def prior_params(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The prior p(z_t | h_{t-1}) over every step at once: mean and std (B, T, Z) from
+        h_{t-1} stacked (B, T, H), as ``filter`` returns it."""
         mean, std = self.prior(h.flatten(0, 1))
         return mean.view(*h.shape[:2], -1), std.view(*h.shape[:2], -1)
 
-    def _log_prob_frames(self, x: Tensor, filtered: Filtered, references: list[Tensor] | None) -> Tensor:
+    def log_prob_frames(self, x: Tensor, filtered: Filtered, references: list[Tensor] | None) -> Tensor:
         """log p(x_t | z_t, h_{t-1}) for every step at once: (B, T); ``references`` are the skip
         references of every step, for a skip decoder."""
         f, h, frames = filtered.f.flatten(0, 1), filtered.h.flatten(0, 1), x.flatten(0, 1)
@@ -422,25 +403,35 @@ class VRNN(nn.Module):
         else:
             chunked_references = [list(r) for r in zip(*(m.split(chunk) for m in references), strict=True)]
         parts = [
-            self.likelihood.log_prob(self._decode(f_part, h_part, reference), x_part)
+            self.likelihood.log_prob(self.decode(f_part, h_part, reference), x_part)
             for f_part, h_part, x_part, reference in zip(
                 f.split(chunk), h.split(chunk), frames.split(chunk), chunked_references, strict=True
             )
         ]
         return torch.cat(parts).view(x.shape[:2])
 
-    def _noise(self, steps: int, batch: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-        # Drawn for all steps at once, time-major, so the loop only indexes it.
-        return randn((steps, batch, self.config.z_dim), generator=generator, device=like.device, dtype=like.dtype)
+    def noise(self, steps: int, rows: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard normal noise (steps, rows, z_dim) for ``filter``'s posterior draws, on
+        ``like``'s device and dtype: drawn for all steps at once, time-major, so the loop only
+        indexes it."""
+        return randn((steps, rows, self.config.z_dim), generator=generator, device=like.device, dtype=like.dtype)
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         parameter = next(self.parameters())
         return parameter.device, parameter.dtype
 
-    def _check_frames(self, x: Any, name: str) -> tuple[int, int]:
+    def check_frames(self, x: Any, name: str) -> tuple[int, int]:
+        """(B, T) of a batch ``x`` (B, T, *frame_shape); a DataError names ``name`` otherwise."""
         return inputs.check_frames(self.config.frame_shape, x, name)
 
-    _check_mask = staticmethod(inputs.check_mask)
+    check_mask = staticmethod(inputs.check_mask)
+
+    def checked_batch(self, x: Any, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """A batch ``x`` (B, T, *frame_shape) checked with its padding zeroed, and its step mask
+        (B, T) checked (None: every step observed): what every objective and bound starts from."""
+        batch, steps = self.check_frames(x, "x")
+        step_mask = self.check_mask(mask, batch, steps, x)
+        return zero_padding(x, step_mask), step_mask
 
     def num_parameters(self) -> int:
         """The number of trainable parameters."""

@@ -7,7 +7,7 @@ sizes so large that even building the model's modules would take long.
 
 The figures are lower bounds (float32 parameters, a small share of a batch's activations):
 a refusal means the work cannot fit, not that it might not. ``VRNNKIT_MEMORY`` overrides the
-available memory (see :mod:`vrnnkit.budget`).
+available memory (see :mod:`vrnnkit.resources.budget`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 
 import torch
 
-from vrnnkit.budget import MEMORY_ENV, available_memory, checks_enabled, require_memory
-from vrnnkit.config import VRNNConfig
 from vrnnkit.errors import ConfigError
 from vrnnkit.model import VRNN
+from vrnnkit.model.config import VRNNConfig
+from vrnnkit.resources.budget import MEMORY_ENV, available_memory, checks_enabled, require_memory
 
 FLOAT_BYTES = 4
 TRAINING_COPIES = 4

@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from vrnnkit._atomic import write_json
 from vrnnkit.data.sources import check_source
+from vrnnkit.io.atomic import write_json
 from vrnnkit.training.config import resolve_config
 from vrnnkit.training.lock import HELD_ENV, run_lock
 from vrnnkit.training.run_dir import check_new_run, new_run_dir

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrnnkit._atomic import atomic_path
 from vrnnkit.errors import ConfigError, output_problem
+from vrnnkit.io.atomic import atomic_path
 
 IMAGE_FORMATS = (".gif", ".png", ".mp4", ".npy")
 VECTOR_FORMATS = (".npy", ".csv", ".png")

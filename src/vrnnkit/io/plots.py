@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vrnnkit._atomic import atomic_path
 from vrnnkit.errors import ConfigError, DataError, output_problem
-from vrnnkit.runs import METRICS, read_metrics, run_problem
+from vrnnkit.io.atomic import atomic_path
+from vrnnkit.io.runs import METRICS, read_metrics, run_problem
 
 FORMATS = (".png", ".pdf", ".svg")
 # (title, y label, training key, validation key) of each panel of plot_runs.

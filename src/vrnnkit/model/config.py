@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import vrnnkit.blocks  # noqa: F401  (registers the built-in blocks before names are checked)
-from vrnnkit._checks import is_count
-from vrnnkit.errors import ConfigError
+from vrnnkit.errors import ConfigError, is_count
+from vrnnkit.model.skips import missing_maps
 from vrnnkit.registry import build, get_builder, is_registered, list_blocks
-from vrnnkit.skips import missing_maps
 
 _BLOCK_FIELDS = ("encoder", "decoder", "prior", "posterior", "rnn", "likelihood")
 _SIZE_FIELDS = ("z_dim", "h_dim", "feature_dim", "latent_feature_dim", "rnn_layers")

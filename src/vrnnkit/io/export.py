@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vrnnkit._atomic import atomic_path
 from vrnnkit.errors import ConfigError, RunError, output_problem
+from vrnnkit.io.atomic import atomic_path
 from vrnnkit.model import VRNN
 
 FORMATS = ("onnx", "safetensors", "pt2")
@@ -48,7 +48,7 @@ class ExportError(RunError):
 def state_size(model: VRNN) -> int:
     """Width of the exported graphs' ``state``: the recurrent state, then, for a
     ``frame_difference`` model, the last frame (flattened), then, for a skip decoder, the
-    flattened skip reference (the frame and its feature maps, see ``vrnnkit.skips``). A state
+    flattened skip reference (the frame and its feature maps, see ``vrnnkit.model.skips``). A state
     of zeros is the start of a sequence."""
     return model.rnn.state_size + sum(math.prod(shape) for shape in _carried_shapes(model))
 
@@ -122,7 +122,7 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
             raise ConfigError(f"cannot write {path}: {problem}")
     model = model.eval()
     if fmt == "safetensors":
-        from vrnnkit.checkpoint import save
+        from vrnnkit.io.checkpoint import save
 
         save(model, out, metadata={"inference_only": "true"})
         return {"format": fmt, "files": [str(out)]}

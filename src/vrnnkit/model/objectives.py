@@ -1,4 +1,9 @@
-"""Objectives tighter than the ELBO, computed with K particles per sequence: IWAE and FIVO.
+"""The training objectives and bounds, written on the model's public step-level methods: the
+ELBO, and two tighter ones computed with K particles per sequence, IWAE and FIVO. Each is
+registered by name in ``vrnnkit.model.objective_registry``, where ``VRNN.forward`` finds it.
+
+- ``elbo`` (Chung et al. 2015, eq. 11): one latent path per sequence, the KL in closed form;
+  ``free_bits`` floors each step's batch-mean KL in the loss.
 
 Both estimate log p(x) from weights ``log w = log p(x_t | .) + log p(z_t | h_{t-1}) - log q(z_t | .)``
 of latent paths drawn from the posterior; both are lower bounds on log p(x) in expectation, and
@@ -37,28 +42,69 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-import vrnnkit.skips as skips
-from vrnnkit.distributions import normal_log_prob, rand
-from vrnnkit.errors import ConfigError
-from vrnnkit.masking import masked, zero_padding
-from vrnnkit.outputs import Filtered, VRNNOutput
+import vrnnkit.model.skips as skips
+from vrnnkit.blocks.distributions import normal_kl, normal_log_prob, rand
+from vrnnkit.errors import ConfigError, check_counts
+from vrnnkit.model.masking import masked
+from vrnnkit.model.objective_registry import (
+    DEFAULT_THRESHOLD,
+    GRADIENTS,
+    Objective,
+    register_objective,
+)
+from vrnnkit.model.outputs import Filtered, VRNNOutput
 
 if TYPE_CHECKING:
-    from vrnnkit.model import VRNN
+    from vrnnkit.model.vrnn import VRNN
 
 OBJECTIVES = ("elbo", "iwae", "fivo")
-"""The training objectives (``--objective``); ``elbo`` is ``VRNN.forward``'s own."""
+"""The training objectives (``--objective``), in the order they are registered."""
 BOUNDS = OBJECTIVES
 """The bounds ``vrnnkit eval --bound`` reports."""
-DEFAULT_THRESHOLD = 0.5
-"""FIVO resamples when the effective sample size drops below this share of the particles."""
-GRADIENTS = ("reparam", "dreg")
-"""Gradient estimators (``--gradient``): ``reparam``, the bound's own; ``dreg``, IWAE's doubly reparameterised."""
+
+
+def elbo_output(
+    model: VRNN, x: Tensor, step_mask: Tensor | None, *, latent_weight: float = 1.0, free_bits: float = 0.0,
+    generator: torch.Generator | None = None, **_: Any,
+) -> VRNNOutput:
+    """The training figures of the ELBO over a batch ``x`` (B, T, ...) whose padding is already
+    zeroed: ``loss`` is the batch mean of NLL + ``latent_weight`` * KL, the KL floored by
+    ``free_bits``; ``elbo`` holds each sequence's ELBO (KL not floored)."""
+    batch, steps = x.shape[:2]
+    features, maps = model.encode(x)
+    filtered = model.filter(features, model.noise(steps, batch, x, generator))
+    nll = -model.log_prob_frames(x, filtered, model.references(maps, steps))
+    mean_p, std_p = model.prior_params(filtered.h)
+    kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
+    if step_mask is not None:
+        nll, kl = masked(nll, step_mask), masked(kl, step_mask)
+    kl_per_step = kl.mean(0)
+    kl_term = kl_per_step.sum()
+    if free_bits > 0:
+        observed = step_mask.mean(0) if step_mask is not None else torch.ones_like(kl_per_step)
+        kl_term = torch.maximum(kl_per_step, free_bits * observed).sum()
+    nll_seq, kl_seq = nll.sum(1), kl.sum(1)
+    return VRNNOutput(
+        loss=nll_seq.mean() + latent_weight * kl_term,
+        nll=nll_seq.mean(),
+        kl=kl_seq.mean(),
+        elbo=-(nll_seq + kl_seq),
+        nll_per_step=nll.mean(0),
+        kl_per_step=kl_per_step,
+        dims=_observed_elements(model, step_mask, nll_seq, steps),
+    )
+
+
+def _observed_elements(model: VRNN, step_mask: Tensor | None, like: Tensor, steps: int) -> Tensor:
+    """(B,) the observed elements of each sequence: observed steps times the frame size."""
+    observed = step_mask.sum(1) if step_mask is not None else torch.full_like(like, steps)
+    return observed * math.prod(model.config.frame_shape)
 
 
 def particle_output(
@@ -72,16 +118,15 @@ def particle_output(
     threshold: float = DEFAULT_THRESHOLD,
     generator: torch.Generator | None = None,
     gradient: str = "reparam",
+    **_: Any,
 ) -> VRNNOutput:
     """The training figures of ``objective`` ("iwae" or "fivo") over a batch ``x`` (B, T, ...)
     whose padding is already zeroed: ``loss`` is minus the batch mean of the bound;
     ``elbo`` holds each sequence's bound; ``nll`` and ``kl`` are the particles' mean
     reconstruction term and sampled KL, for the logs; ``surrogate`` is set with
-    ``gradient="dreg"`` (module docstring)."""
+    ``gradient="dreg"`` (module docstring). ``get_objective`` has refused the gradients
+    ``objective`` does not take."""
     batch, steps = x.shape[:2]
-    if gradient not in GRADIENTS or (gradient == "dreg" and objective != "iwae"):
-        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)} (dreg with iwae only), got {gradient!r} "
-                         f"with objective {objective!r}")
     surrogate = None
     if objective == "iwae":
         features, filtered, reference = _iwae_paths(model, x, particles, generator)
@@ -96,8 +141,6 @@ def particle_output(
         raise ValueError(f"objective must be iwae or fivo here, got {objective!r}")
     log_px, log_pz, log_qz = (t.view(particles, batch, steps) for t in terms)
     nll, kl = -log_px.mean(0), (log_qz - log_pz).mean(0)
-    frame_size = math.prod(model.config.frame_shape)
-    observed = step_mask.sum(1) if step_mask is not None else torch.full_like(bound, steps)
     return VRNNOutput(
         loss=-bound.mean(),
         nll=nll.sum(1).mean(),
@@ -105,9 +148,29 @@ def particle_output(
         elbo=bound,
         nll_per_step=nll.mean(0),
         kl_per_step=kl.mean(0),
-        dims=observed * frame_size,
+        dims=_observed_elements(model, step_mask, bound, steps),
         surrogate=surrogate,
     )
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    model: VRNN, x: Tensor, k: int = 100, *, chunk_size: int | None = None, mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The IWAE bound of each sequence of ``x`` (B, T, ...) with ``k`` samples, (B,), for
+    evaluation (``VRNN.log_likelihood``): the samples run ``chunk_size`` at a time (None:
+    ``VRNN.iwae_chunk_size``), all on one encoding of the frames (phi_x is deterministic)."""
+    x, step_mask = model.checked_batch(x, mask)
+    check_counts(k=k)
+    if chunk_size is None:
+        chunk_size = model.iwae_chunk_size(*x.shape[:2], k)
+    encoded = model.encode(x)
+    log_weights = [
+        iwae_log_weights(model, x, step_mask, min(chunk_size, k - start), generator, encoded=encoded)
+        for start in range(0, k, chunk_size)
+    ]
+    return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
 
 
 def iwae_log_weights(
@@ -115,7 +178,7 @@ def iwae_log_weights(
     *, encoded: tuple[Tensor, list[Tensor] | None] | None = None,
 ) -> Tensor:
     """Each path's log weight summed over time, (particles, B): ``particles`` independent
-    latent paths per sequence from the posterior. ``encoded`` reuses ``VRNN._encode(x)``."""
+    latent paths per sequence from the posterior. ``encoded`` reuses ``VRNN.encode(x)``."""
     log_px, log_pz, log_qz = _iwae_terms(model, x, step_mask, particles, generator, encoded=encoded)
     return (log_px + log_pz - log_qz).sum(1).view(particles, x.shape[0])
 
@@ -137,9 +200,9 @@ def _iwae_paths(
     """The frame features (B, T, E), ``particles`` independent filtered paths per sequence and
     the skip references."""
     batch, steps = x.shape[:2]
-    features, maps = encoded if encoded is not None else model._encode(x)
-    filtered = model._filter(features, model._noise(steps, particles * batch, x, generator), particles=particles)
-    return features, filtered, model._references(maps, steps)
+    features, maps = encoded if encoded is not None else model.encode(x)
+    filtered = model.filter(features, model.noise(steps, particles * batch, x, generator), particles=particles)
+    return features, filtered, model.references(maps, steps)
 
 
 def _dreg_surrogate(
@@ -173,10 +236,10 @@ def _path_terms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The three log-densities of every filtered path at every step, over all steps at once;
     ``xs`` is ``x`` already repeated per particle, when the caller has it."""
-    mean_p, std_p = model._prior(filtered.h)
+    mean_p, std_p = model.prior_params(filtered.h)
     xs = _repeat(x, particles) if xs is None else xs
     terms = (
-        model._log_prob_frames(xs, filtered, skips.repeat(reference, particles)),
+        model.log_prob_frames(xs, filtered, skips.repeat(reference, particles)),
         normal_log_prob(filtered.z, mean_p, std_p).sum(-1),
         normal_log_prob(filtered.z, filtered.mean, filtered.std).sum(-1),
     )
@@ -212,15 +275,15 @@ def _fivo(
     After it, the prior, decoder and likelihood run once over all steps with gradients, and
     ``_bound`` accumulates the weights with the resampling the loop chose."""
     batch, steps = x.shape[:2]
-    features, maps = model._encode(x)
-    reference = model._references(maps, steps)
-    noise = model._noise(steps, particles * batch, x, generator)
+    features, maps = model.encode(x)
+    reference = model.references(maps, steps)
+    noise = model.noise(steps, particles * batch, x, generator)
     uniforms = rand((steps, batch), generator=generator, device=x.device, dtype=x.dtype)
     observed = step_mask if step_mask is not None else x.new_ones(batch, steps)
     xs = _repeat(x, particles)
     hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms)
     with _scoring(model.prior, model.decoder):
-        filtered = model._filter(features, noise, particles=particles, resample=hook)
+        filtered = model.filter(features, noise, particles=particles, resample=hook)
     terms = _path_terms(model, x, filtered, reference, step_mask, particles, xs=xs)
     log_alpha = (terms[0] + latent_weight * (terms[1] - terms[2])).view(particles, batch, steps)
     return _bound(log_alpha, hook.events), terms
@@ -265,7 +328,7 @@ class _Resampler:
     def __call__(self, t: int, h: Tensor, mean: Tensor, std: Tensor, z: Tensor, f: Tensor) -> Tensor | None:
         model, (particles, batch) = self.model, self.log_weights.shape
         prior_mean, prior_std = model.prior(h)
-        params = model._decode(f, h, self.reference[t] if self.reference else None)
+        params = model.decode(f, h, self.reference[t] if self.reference else None)
         latent = normal_log_prob(z, prior_mean, prior_std).sum(-1) - normal_log_prob(z, mean, std).sum(-1)
         increment = model.likelihood.log_prob(params, self.frames[t]) + self.latent_weight * latent
         observed = self.observed[:, t]
@@ -340,12 +403,17 @@ def fivo_log_likelihood(
     """The FIVO bound of each sequence of ``x`` (B, T, ...) with ``particles`` particles, (B,),
     for evaluation: sequences run a few at a time so that a step's K * rows frames stay near
     2**21 values (the particles of one sequence cannot be split: they are resampled together)."""
-    batch, steps = model._check_frames(x, "x")
-    step_mask = model._check_mask(mask, batch, steps, x)
-    x = zero_padding(x, step_mask)
+    x, step_mask = model.checked_batch(x, mask)
+    batch = x.shape[0]
     rows = max(1, 2**21 // (particles * math.prod(model.config.frame_shape)))
     parts = []
     for start in range(0, batch, rows):
         part_mask = None if step_mask is None else step_mask[start : start + rows]
         parts.append(fivo_bound(model, x[start : start + rows], part_mask, particles, generator, threshold=threshold))
     return torch.cat(parts)
+
+
+register_objective("elbo", Objective(output=elbo_output))
+register_objective("iwae", Objective(output=partial(particle_output, objective="iwae"), gradients=GRADIENTS,
+                                     log_likelihood=iwae_log_likelihood))
+register_objective("fivo", Objective(output=partial(particle_output, objective="fivo"), log_likelihood=fivo_log_likelihood))
