@@ -1,0 +1,7 @@
+"""Deprecated: ``vrnnkit.threads`` is now ``vrnnkit.resources.threads``; this alias will be removed."""
+
+import sys
+
+from vrnnkit.errors import moved_module
+
+sys.modules[__name__] = moved_module(__name__, "vrnnkit.resources.threads")
