@@ -1,6 +1,6 @@
 """The fused time loop of this tree against the one of another git revision, side by side.
 
-Loads ``src/vrnnkit/fused.py`` as it was at ``--rev`` into a separate module and times a
+Loads ``src/vrnnkit/model/fused.py`` (``src/vrnnkit/fused.py`` before 0.2) as it was at ``--rev`` into a separate module and times a
 training step of the vector model (x 28, h 100, z 16, GRU, 28 steps, Adam, clipping) with
 each loop in alternating rounds, in one process: the ratio is what to read, the absolute
 figures move with the machine's load.
@@ -22,14 +22,18 @@ from pathlib import Path
 import torch
 from _vector_step import seconds_per_step, vector_setup
 
-import vrnnkit.model
+import vrnnkit.model.vrnn as vrnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_fused(rev: str):
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/vrnnkit/fused.py"], check=True,
-                            capture_output=True, text=True).stdout
+    for where in ("src/vrnnkit/model/fused.py", "src/vrnnkit/fused.py"):  # the second: revisions before 0.2
+        shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{where}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "fused_baseline.py"
     path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("fused_baseline", path)
@@ -48,11 +52,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loops = {f"fused loop at {args.rev}": load_fused(args.rev).fused_filter, "fused loop of this tree": vrnnkit.model.fused_filter}
+    loops = {f"fused loop at {args.rev}": load_fused(args.rev).fused_filter, "fused loop of this tree": vrnn.fused_filter}
     model, optimizer, x = vector_setup(args.batch)
 
     def round_of(loop, n: int) -> float:
-        vrnnkit.model.fused_filter = loop
+        vrnn.fused_filter = loop
         return seconds_per_step(model, optimizer, x, n)
 
     for loop in loops.values():

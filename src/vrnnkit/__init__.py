@@ -10,8 +10,7 @@ from vrnnkit._version import __version__
 from vrnnkit.api import evaluate, generate_dataset, predict, predict_file, sample, train
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, RegistryError, VRNNKitError
 from vrnnkit.io.checkpoint import load, read_metadata, save
-from vrnnkit.model import VRNN, VRNNOutput
-from vrnnkit.model.config import VRNNConfig
+from vrnnkit.model import VRNN, VRNNConfig, VRNNOutput
 from vrnnkit.registry import build, list_blocks, register
 
 __all__ = [
