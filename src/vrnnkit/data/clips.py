@@ -64,7 +64,7 @@ def is_clip_folder(data: str | Path) -> bool:
     files = clip_files(path)
     if any(f.suffix.lower() in VIDEO_SUFFIXES for f in files):
         return True
-    return bool(files) and all(_npy_ndim(f) >= 3 for f in files)
+    return bool(files) and all(len(_npy_shape(f)) >= 3 for f in files)
 
 
 @dataclass
@@ -187,10 +187,7 @@ def read_clips(
 def _read_clip(path: Path, size: tuple[int, int] | None, grey: bool | None, cache: bool) -> list[np.ndarray]:
     """The clips of one file as arrays ``(T, H, W)`` or ``(T, H, W, C)`` at ``size``."""
     if path.suffix.lower() == ".npy":
-        sequences = open_sequences(path, resize=size, grey=bool(grey))
-        if not sequences.layout.startswith(("N", "T")) or "T" not in sequences.layout:
-            raise DataError(f"{path}: expected frames (T, H, W[, C]) or clips (N, T, H, W[, C]), found layout {sequences.layout}")
-        return [np.moveaxis(sequences[i], 1, -1) for i in range(len(sequences))]
+        return _read_npy_clips(path, size, grey)
     entry = _cache_entry(path, size, grey) if cache else None
     if entry is not None and entry.is_file():
         try:
@@ -206,6 +203,24 @@ def _read_clip(path: Path, size: tuple[int, int] | None, grey: bool | None, cach
         except OSError:
             pass  # a cache that cannot be written only costs decoding again next time
     return [video]
+
+
+def _read_npy_clips(path: Path, size: tuple[int, int] | None, grey: bool | None) -> list[np.ndarray]:
+    """The clips of a ``.npy`` file: ``(T, H, W)``, ``(T, H, W, C)`` with C of 1, 3 or 4, or
+    several clips ``(N, T, H, W)`` / ``(N, T, H, W, C)``; uint8 stays uint8."""
+    shape = _npy_shape(path)
+    ndim = len(shape)
+    layout = ("THWC" if shape[-1] in (1, 3, 4) else "NTHW") if ndim == 4 else {3: "THW", 5: "NTHWC"}.get(ndim)
+    if layout is None and shape:
+        raise DataError(f"{path}: expected frames (T, H, W[, C]) or clips (N, T, H, W[, C]), found an array of {ndim} axes")
+    sequences = open_sequences(path, layout=layout, resize=size, grey=bool(grey))
+    clips = []
+    for i in range(len(sequences)):
+        frames = sequences[i]  # float32 (T, C, H, W)
+        if sequences.dtype == np.uint8:
+            frames = np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
+        clips.append(frames[:, 0] if frames.shape[1] == 1 else frames.transpose(0, 2, 3, 1))
+    return clips
 
 
 def _as_sequences(arrays: list[np.ndarray], names: list[str], folder: Path, grey: bool | None) -> list[SequenceArray]:
@@ -237,16 +252,16 @@ def _cache_entry(path: Path, size: tuple[int, int] | None, grey: bool | None) ->
     return cache_root() / "decoded" / f"{digest}.npy"
 
 
-def _npy_ndim(path: Path) -> int:
-    """The number of axes of a .npy file, from its header (0 when it cannot be read)."""
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The shape of a .npy file's array, from its header (() when it cannot be read)."""
     try:
         with path.open("rb") as file:
             major, _ = np.lib.format.read_magic(file)
             read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, _, _ = read(file)
-        return len(shape)
-    except Exception:  # not a .npy file: reading it later gives the message
-        return 0
+        return tuple(shape)
+    except Exception:  # not a .npy file: open_sequences gives the message when it is read
+        return ()
 
 
 def _natural(text: str) -> list[int | str]:
