@@ -67,16 +67,16 @@ def _per_step_loss(model: VRNN, x: torch.Tensor, noise: torch.Tensor) -> torch.T
     batch, steps = x.shape[:2]
     state = model.rnn.initial_state(batch, device=x.device, dtype=x.dtype)
     total = torch.zeros(batch, dtype=x.dtype)
-    previous = torch.zeros_like(x[:, 0])
+    previous, previous_maps = torch.zeros_like(x[:, 0]), None
     for t in range(steps):
         h = model.rnn.output(state)
         e, maps = model.encoder.encode(torch.cat([x[:, t], x[:, t] - previous], dim=1))
         mean_q, std_q = model.posterior(e, h)
         f = model.phi_z(mean_q + std_q * noise[t])
-        if t == 0:
+        if previous_maps is None:  # step 0 has no frame before it: zeros
             reference, reference_maps = torch.zeros_like(x[:, 0]), [torch.zeros_like(m) for m in maps]
         else:
-            reference, reference_maps = x[:, t - 1], previous_maps
+            reference, reference_maps = previous, previous_maps
         mean, rest = model.decoder(f, h, reference_maps, reference)
         params = torch.cat([mean.unsqueeze(1), rest], dim=1)  # a Gaussian's mean, then its scale
         mean_p, std_p = model.prior(h)
@@ -106,7 +106,7 @@ def test_prediction_with_the_warp_equals_a_per_step_loop():
         previous = x[:, t]
     for t in range(3):
         noise = torch.randn((2, 4), generator=generator, dtype=torch.float64)
-        params, frame, state, reference = model.generate_step(state, noise, reference, previous=previous)
+        _, frame, state, reference = model.generate_step(state, noise, reference, previous=previous)
         assert torch.allclose(frame, predicted[:, t], rtol=1e-10, atol=1e-10)
         assert not torch.allclose(frame, previous, atol=1e-3)  # the moved decoder does move the frame
         previous = frame
