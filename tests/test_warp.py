@@ -49,6 +49,7 @@ def _model(frame=(1, 16, 12), *, likelihood="gaussian", context=0, moved=True) -
         torch.nn.init.normal_(model.decoder.deconvs[-1].weight, std=0.3)
         torch.nn.init.normal_(model.decoder.deconvs[-1].bias, std=0.3)
         torch.nn.init.constant_(model.decoder.gate, 0.7)
+        torch.nn.init.normal_(model.decoder.shift.weight, std=0.1)
     return model
 
 

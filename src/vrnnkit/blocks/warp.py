@@ -3,7 +3,8 @@ displacement field, blended with new content where the reference cannot explain 
 
 ``convT-warp`` is ``convT-skip`` (a U-Net over the reference frame's feature maps) whose last
 convolution gives, per pixel, a displacement ``(dx, dy)`` in pixels, a blend logit, an image of
-new content and the likelihood's other parameters (a Gaussian's scale). The frame's mean is
+new content and the likelihood's other parameters (a Gaussian's scale); a linear map of
+``(phi_z(z_t), h_{t-1})`` adds one displacement shared by the whole frame. The frame's mean is
 
     warped = reference sampled bilinearly at (x + dx, y + dy)        (backward warping)
     mean   = warped + g * sigmoid(blend) * (content - warped)
@@ -85,6 +86,12 @@ class WarpDecoder(ConvTransposeSkipDecoder):
         nn.init.zeros_(head.weight)  # every output 0: no motion, no blend, the scale at its floor's offset
         nn.init.zeros_(head.bias)
         self.deconvs[-1] = head.to(memory_format=torch.channels_last)
+        # A shortcut from the latent and the state to one displacement for the whole frame: a
+        # camera's pan or a dashcam's drift is one (dx, dy), and a short path from z to it lets
+        # a drawn latent choose how the scene moves.
+        self.shift = nn.Linear(latent_dim + h_dim, FLOW_CHANNELS)
+        nn.init.zeros_(self.shift.weight)
+        nn.init.zeros_(self.shift.bias)
         self.gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, f: Tensor, h: Tensor, skips: list[Tensor] | None = None, frame: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -95,6 +102,7 @@ class WarpDecoder(ConvTransposeSkipDecoder):
         flow, blend, content, rest = out.split(
             [FLOW_CHANNELS, BLEND_CHANNELS, channels, (self.params_per_element - 1) * channels], dim=1
         )
+        flow = flow + self.shift(torch.cat([f, h], dim=-1))[:, :, None, None]
         warped = warp(frame, flow)
         mean = warped + (self.gate * torch.sigmoid(blend)) * (content - warped)
         return mean, rest.reshape(out.shape[0], self.params_per_element - 1, *frame.shape[1:])
