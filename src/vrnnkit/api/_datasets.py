@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from vrnnkit.data.clips import is_clip_folder, read_clips
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.frames import parse_size
 from vrnnkit.data.sources import generate_chunks, generate_dataset
@@ -18,7 +19,7 @@ from vrnnkit.errors import ConfigError, output_problem
 from vrnnkit.io.atomic import atomic_path
 from vrnnkit.resources.budget import format_bytes
 
-__all__ = ["convert_file", "generate_dataset", "write_dataset"]
+__all__ = ["convert_file", "convert_folder", "generate_dataset", "write_dataset"]
 
 
 def write_dataset(
@@ -65,6 +66,8 @@ def convert_file(
     C)`` for colour, ``(N, T, D)`` for vectors; uint8 when the file holds uint8 (or a video),
     float32 otherwise. A long video converted once reads fast in every later run. Returns the
     array's shape."""
+    if is_clip_folder(path):
+        return convert_folder(path, out, size=size, grey=grey)
     out, frame_size = _check_npy_output(out), parse_size(size)
     if Path(path).resolve() == out.resolve():
         raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
@@ -86,6 +89,32 @@ def convert_file(
         array.flush()
         del array
     return shape
+
+
+def convert_folder(
+    folder: str | os.PathLike[str], out: str | os.PathLike[str], *, size: Any = None, grey: bool = False,
+) -> tuple[int, ...]:
+    """Write every clip under ``folder``, resized (``size``) and converted (``grey``), as a uint8
+    ``.npy`` file ``(T, H, W)`` or ``(T, H, W, C)`` under the folder ``out``, at the same relative
+    path: a folder of clips that every command reads without decoding. Each file is written
+    atomically. Returns (clips, frames in all, *frame shape)."""
+    folder, out = Path(folder), Path(out)
+    if out.suffix:
+        raise ConfigError(f"cannot write {out} (--out): a folder of clips converts to a folder; give a folder name")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"cannot write {out} (--out): it is a file; a folder of clips converts to a folder")
+    if out.resolve() == folder.resolve() or folder.resolve() in out.resolve().parents:
+        raise ConfigError(f"cannot write {out} (--out): it is inside the folder being converted; choose another")
+    clips = read_clips(folder, size=parse_size(size), grey=True if grey else None)
+    _check_disk(out if out.exists() else out.parent if out.parent.exists() else Path.cwd(),
+                sum(clip.num_frames for clip in clips.clips) * math.prod(clips.frame_shape))
+    for name, clip in zip(clips.names, clips.clips, strict=True):
+        target = out / Path(name.replace("#", "-")).with_suffix(".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frames = np.clip(np.rint(clip[0] * 255), 0, 255).astype(np.uint8)  # (T, C, H, W)
+        with atomic_path(target) as tmp:
+            np.save(tmp, frames[:, 0] if frames.shape[1] == 1 else frames.transpose(0, 2, 3, 1))
+    return (len(clips.clips), sum(clips.lengths), *clips.frame_shape)
 
 
 def _check_disk(out: Path, needed: int) -> None:

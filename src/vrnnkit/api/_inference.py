@@ -24,6 +24,7 @@ from vrnnkit.api._music import (
     write_rolls,
 )
 from vrnnkit.data import check_unit_range, load_sequences
+from vrnnkit.data.clips import is_clip_folder, read_clips
 from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.files import VIDEO_SUFFIXES
 from vrnnkit.data.frames import format_size, parse_size
@@ -33,7 +34,8 @@ from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
 from vrnnkit.evaluation.bounds import evaluate as evaluate_sequences
-from vrnnkit.evaluation.metrics import prediction_metrics
+from vrnnkit.evaluation.bounds import per_group
+from vrnnkit.evaluation.metrics import prediction_curves, prediction_metrics
 from vrnnkit.io.atomic import write_json
 from vrnnkit.io.checkpoint import find_checkpoint, load
 from vrnnkit.io.render import check_output, prediction_borders, write_clips
@@ -179,6 +181,10 @@ def predict_file(
     (check_music_output if music else partial(check_output, image=model.config.is_image))(out)
     if out.resolve() == path.resolve():
         raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
+    if is_clip_folder(path):
+        if split is not None or layout is not None or resize:
+            raise ConfigError("--split, --layout and --resize do not apply to a folder of clips; use --size and --grey")
+        return _predict_clips(model, path, out, json_out, size=size, grey=grey, **options)
     if is_variable_length(str(path)):
         videos = read_sequences_input(model, path, split, options.get("context", 5))
     elif split is not None:
@@ -194,6 +200,35 @@ def predict_file(
         write_clips(out, futures if out.suffix.lower() == ".npy" else futures.flatten(0, 1))
     else:
         write_clips(out, *_prediction_rows(prediction))
+    if json_out is not None and prediction.metrics is not None:
+        write_json(Path(json_out), prediction.metrics)
+    prediction.path = out
+    return prediction
+
+
+def _predict_clips(
+    model: VRNN, folder: Path, out: Path, json_out: str | os.PathLike[str] | None, *, size: Any, grey: bool,
+    **options: Any,
+) -> Prediction:
+    """``predict`` on every window of context + horizon frames of every clip under ``folder``;
+    the figures cover every window (also per clip, ``metrics.per_group``), the picture shows the
+    first window of each clip."""
+    _check_writable(json_out, "--json")
+    options["horizon"] = options.get("horizon") or DEFAULT_HORIZON
+    length = options.get("context", 5) + options["horizon"]
+    windows, names = clip_windows_input(model, folder, length, size=size, grey=grey)
+    _check_output_memory(model, len(windows) * length, f"{len(windows):,} windows of {length} frames", "lower --horizon")
+    videos = torch.stack([windows[i] for i in range(len(windows))])
+    prediction = predict(model, videos, require_metrics=True, source=str(folder), **options)
+    if prediction.metrics is not None:
+        curves = prediction_curves(prediction.futures, prediction.truth, prediction.context[:, -1])
+        prediction.metrics["per_group"] = per_group(curves, names)
+    first = [names.index(name) for name in dict.fromkeys(names)]
+    shown = Prediction(prediction.context[first], prediction.futures[first], prediction.truth[first])
+    if out.suffix.lower() == ".npy":
+        write_clips(out, shown.futures)
+    else:
+        write_clips(out, *_prediction_rows(shown))
     if json_out is not None and prediction.metrics is not None:
         write_json(Path(json_out), prediction.metrics)
     prediction.path = out
@@ -315,6 +350,12 @@ def evaluate(
     step's ELBO term)."""
     if isinstance(data, str):  # jsb-chorales: the cached file; MNIST data: the cached folder
         data, mnist_dir = resolve_builtin(data, mnist_dir)
+    if isinstance(data, (str, os.PathLike)) and is_clip_folder(data):
+        _check_writable(json_out, "--json")
+        report = evaluate_clips(model, data, size=size, grey=grey, **options)
+        if json_out is not None:
+            write_json(Path(json_out), report)
+        return report
     if isinstance(data, (str, os.PathLike)) and str(data) not in BUILTIN_DATA and is_variable_length(str(data)):
         kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed", "bounds", "particles") if k in options}
         return evaluate_file(model, str(data), split=split, per_sequence=per_sequence, per_step=per_step,
@@ -347,3 +388,32 @@ def _held_out(
     if found != wanted:
         raise DataError(f"{data} has frames of shape {found}; the model was trained on {wanted}{shape_hint(found, wanted)}")
     return sequences
+
+
+def clip_windows_input(
+    model: VRNN, folder: str | os.PathLike[str], length: int, *, size: Any = None, grey: bool = False,
+) -> tuple[Any, list[str]]:
+    """The non-overlapping windows of ``length`` frames of every clip under ``folder`` (frames
+    converted as ``size`` and ``grey`` say, checked against the model), and the clip of each."""
+    clips = read_clips(folder, size=parse_size(size), grey=True if grey else None)
+    found, wanted = tuple(clips.frame_shape), tuple(model.config.frame_shape)
+    if found != wanted:
+        raise DataError(f"{folder}: clips with frames of shape {found}; the model was trained on {wanted}"
+                        f"{shape_hint(found, wanted)}")
+    windows = clips.windows(length)
+    if len(windows) == 0:
+        raise DataError(f"{folder}: no clip has the {length} frames of a window (the longest has "
+                        f"{max(clips.lengths)}); lower --context or --horizon")
+    return windows, [clips.names[int(i)] for i in windows.clip_of]
+
+
+def evaluate_clips(
+    model: VRNN, folder: str | os.PathLike[str], *, size: Any = None, grey: bool = False, **options: Any,
+) -> dict[str, Any]:
+    """``evaluate`` on a folder of clips: every window of ``context + horizon`` frames of every
+    clip (no overlap; a clip shorter than one window gives none), the prediction figures also
+    per clip (``prediction.per_group``)."""
+    length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
+    windows, names = clip_windows_input(model, folder, length, size=size, grey=grey)
+    options["horizon"] = length - options.get("context", 5)
+    return evaluate_sequences(model, windows, groups=names, **options)

@@ -183,7 +183,7 @@ class ConvTransposeDecoder(nn.Module):
     ) -> None:
         super().__init__()
         check_positive(latent_dim=latent_dim, h_dim=h_dim, params_per_element=params_per_element)
-        name = "convT-skip" if self.uses_skips else "convT"
+        name = self.block_name()
         geo = _Geometry(frame_shape, channels, max_channels, depth, norm, activation, f"decoder {name!r}")
         extra = self._skip_channels(geo, skip_shapes, name)
         self.out_shape = (params_per_element, geo.c, geo.h, geo.w)
@@ -212,6 +212,10 @@ class ConvTransposeDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
         _prefer_channels_last(self)
 
+    @classmethod
+    def block_name(cls) -> str:
+        return "convT-skip" if cls.uses_skips else "convT"
+
     def _skip_channels(self, geo: _Geometry, skip_shapes, name: str) -> dict[tuple[int, int], int]:
         """Channels the reference frame adds at each resolution (0 without skips)."""
         extra = dict.fromkeys(geo.sizes, 0)
@@ -231,18 +235,21 @@ class ConvTransposeDecoder(nn.Module):
         return extra
 
     def forward(self, f: Tensor, h: Tensor, skips: list[Tensor] | None = None) -> Tensor:
+        out = self.output_maps(f, h, skips)
+        return out.view(out.shape[0], *self.out_shape)
+
+    def output_maps(self, f: Tensor, h: Tensor, skips: list[Tensor] | None = None) -> Tensor:
+        """The last convolution's output (N, channels, H, W), before it is read as parameters."""
         a = self.from_vector(torch.cat([f, h], dim=-1)).view(f.shape[0], *self.start_shape)
         if skips is None:
-            out = self.deconvs(a)
-        else:
-            by_size = _group_by_size(skips)
-            bounds = [*self.stage_starts, len(self.deconvs)]
-            for start, end, size in zip(bounds[:-1], bounds[1:], self.sizes, strict=True):
-                a = _with(a, by_size.get(size))
-                for layer in self.deconvs[start:end]:
-                    a = layer(a)
-            out = a
-        return out.view(out.shape[0], *self.out_shape)
+            return self.deconvs(a)
+        by_size = _group_by_size(skips)
+        bounds = [*self.stage_starts, len(self.deconvs)]
+        for start, end, size in zip(bounds[:-1], bounds[1:], self.sizes, strict=True):
+            a = _with(a, by_size.get(size))
+            for layer in self.deconvs[start:end]:
+                a = layer(a)
+        return a
 
 
 @register("decoder", "convT-skip")

@@ -65,8 +65,8 @@ def data_moving_mnist(
 @data_app.command("convert")
 @friendly_errors
 def data_convert(
-    input: Annotated[Path, typer.Argument(help="A video or sequence file: .npy, .npz, .gif, .mp4.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write: (N, T, H, W) grey, (N, T, H, W, C) colour; uint8 from videos and uint8 files.")],
+    input: Annotated[Path, typer.Argument(help="A video or sequence file: .npy, .npz, .gif, .mp4; or a folder of clips.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write: (N, T, H, W) grey, (N, T, H, W, C) colour; uint8 from videos and uint8 files. For a folder of clips: a folder, one uint8 .npy per clip.")],
     size: Size = None,
     grey: Grey = False,
     layout: Annotated[Optional[str], typer.Option(help="Layout of INPUT, e.g. THW, NTHW, TNHW (guessed by default).", show_default=False)] = None,  # noqa: UP045
@@ -74,7 +74,10 @@ def data_convert(
 ) -> None:
     """Resize and convert a video or sequence file once (e.g. a long .mp4 to 64x64 grey), into a .npy file every command reads fast."""
     shape = api.convert_file(input, out, size=size, grey=grey, layout=layout, key=key)
-    say(f"wrote {out}: {shape[0]} sequence(s) of shape {shape[1:]}")
+    if input.is_dir():
+        say(f"wrote {out}: {shape[0]} {'clip' if shape[0] == 1 else 'clips'}, {shape[1]:,} frames of shape {shape[2:]}")
+    else:
+        say(f"wrote {out}: {shape[0]} sequence(s) of shape {shape[1:]}")
 
 
 @data_app.command("download")

@@ -77,8 +77,9 @@ def _written(out: Path, count: int) -> str:
 @friendly_errors
 def predict(
     input: Annotated[Path, typer.Argument(help=(
-        "A video or sequence file: .npy, .npz, .gif, .mp4; or sequences of different lengths: a note-list .json "
-        "(--split), a .npz of several arrays, a folder."), show_default=False)],
+        "A video or sequence file: .npy, .npz, .gif, .mp4; a folder of clips (every window of each clip is scored, "
+        "the first of each drawn); or sequences of different lengths: a note-list .json (--split), a .npz of "
+        "several arrays, a folder of .npy/.mid files."), show_default=False)],
     out: Annotated[Opt[Path], typer.Option("--out", "-o", show_default=False, help=(
         "Output file: .gif, .png, .mp4 or .npy (vector models: .npy, .csv, .png; piano-roll models also .mid, "
         "context then future, one file per sequence and sample, and .png draws a piano roll); default "
@@ -110,6 +111,8 @@ def predict(
         note(f"no PSNR/SSIM: {result.no_metrics}")
     if result.metrics is not None:
         console.print(_prediction_table(result.metrics))
+        if result.metrics.get("per_group"):
+            console.print(_per_clip_table(result.metrics["per_group"]))
         if json_out is not None:
             say(f"wrote {json_out}")
 
@@ -131,7 +134,7 @@ def _prediction_table(report: dict[str, Any]) -> Table:
 @app.command("eval")
 @friendly_errors
 def evaluate_command(
-    data: Annotated[str, typer.Argument(help="A data file, or bouncing-balls / moving-mnist / seq-mnist (held-out sequences) / jsb-chorales (test split).")] = "bouncing-balls",
+    data: Annotated[str, typer.Argument(help="A data file, a folder of clips (every window of each clip, figures per clip), or bouncing-balls / moving-mnist / seq-mnist (held-out sequences) / jsb-chorales (test split).")] = "bouncing-balls",
     ckpt: Ckpt = None,
     bound: Annotated[str, typer.Option(help="Bounds on log p(x) to report, comma-separated: elbo, iwae, fivo (the ELBO always).")] = "elbo,iwae",
     particles: Annotated[Opt[int], typer.Option(min=1, help="K, the samples of the IWAE bound and the particles of FIVO (default --iwae-samples).", show_default=False)] = None,
@@ -227,6 +230,21 @@ def _print_report(report: dict[str, Any]) -> None:
         say(f"prediction skipped: {prediction['skipped']}")
     else:
         console.print(_prediction_table(prediction))
+        if prediction.get("per_group"):
+            console.print(_per_clip_table(prediction["per_group"]))
+
+
+def _per_clip_table(per_clip: dict[str, Any]) -> Table:
+    """One row per clip of a folder: its windows, and PSNR over its predicted steps."""
+    table = Table(title="per clip: PSNR in dB over the predicted steps; best - copy sequence by sequence")
+    for column in ("clip", "windows", "PSNR best", "PSNR mean", "copy-last", "best - copy", "mean - copy"):
+        table.add_column(column, justify="left" if column == "clip" else "right")
+    for name, report in per_clip.items():
+        versus = report["versus_baseline"]["psnr"]
+        table.add_row(name, str(report["num_sequences"]), f"{report['psnr']['best_of_n']['mean']:.2f}",
+                      f"{report['psnr']['mean_of_n']['mean']:.2f}", f"{report['baseline']['psnr']['mean']:.2f}",
+                      f"{versus['best_of_n']['mean']:+.2f}", f"{versus['mean_of_n']['mean']:+.2f}")
+    return table
 
 
 @app.command("export")

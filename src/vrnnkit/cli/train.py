@@ -34,6 +34,8 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("layout", DATA, "Layout of a data file, e.g. NTHW, TNHW, NTD (guessed by default).", {}),
     ("size", DATA, "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging when shrinking, bilinear when enlarging; at least 8.", {"metavar": "SIZE|HxW"}),
     ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
+    ("skip_unreadable", DATA, "A folder of clips: leave out (with a warning) a clip that cannot be read, instead of stopping.", {}),
+    ("flip", DATA, "Image data: mirror each training window left to right at random, half of them (more data for scenes without a handedness).", {}),
     ("num_sequences", DATA, "Generated datasets (bouncing-balls, moving-mnist): how many sequences.", {"min": 1}),
     ("seq_len", DATA, "Frames per training window; 0 or full: whole sequences (data of different lengths).", {"metavar": "N|full"}),
     ("fps", DATA, "MIDI folders: time steps per second (default: one step per quarter note).", {"min": 0.0}),

@@ -16,6 +16,7 @@ import numpy as np
 
 from vrnnkit.data.balls import bouncing_balls
 from vrnnkit.data.catalog import BUILTIN_FILE_DATA
+from vrnnkit.data.clips import is_clip_folder, read_clips
 from vrnnkit.data.datasets import WindowDataset, train_val_split
 from vrnnkit.data.download import fetch
 from vrnnkit.data.files import open_sequences
@@ -91,8 +92,11 @@ def check_generation_memory(
 
 
 def check_source(data: str, layout: str | None = None, size: tuple[int, int] | None = None, grey: bool = False) -> None:
-    """Open a data file once to check it (a built-in name needs no check)."""
-    if data not in BUILTIN_DATA and data not in BUILTIN_FILE_DATA:
+    """Open a data file once to check it (a built-in name needs no check); a folder of clips is
+    decoded once (into the data cache, which training then reads)."""
+    if is_clip_folder(data):
+        read_clips(data, size=size, grey=grey or None)
+    elif data not in BUILTIN_DATA and data not in BUILTIN_FILE_DATA:
         open_source(data, count=1, length=1, seed=0, layout=layout, size=size, grey=grey)
 
 

@@ -105,6 +105,7 @@ def evaluate(
     chunk_size: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on test sequences: the report described in the module docstring.
 
@@ -130,6 +131,8 @@ def evaluate(
             draws stay the same when another part's settings change.
         device: where to compute; ``None`` keeps the model's device. The model is moved there
             (in place, as ``nn.Module.to`` does).
+        groups: a name per sequence (the clip a window was cut from, say): the prediction
+            report then also holds ``per_group``, the same figures over each group's sequences.
 
     Prediction runs for image models only; it is skipped, with the reason in
     ``prediction.skipped``, for vector frames, for frames under 11x11 (SSIM's window), and when
@@ -176,7 +179,7 @@ def evaluate(
         model.train(was_training)
     prediction: dict[str, Any] = {"skipped": skipped, "context": context, "horizon": horizon, "samples": samples}
     if skipped is None:
-        prediction.update(summarise_curves({key: torch.cat(values) for key, values in curves.items()}))
+        prediction.update(_prediction_summary(curves, groups))
     report = {
         "vrnnkit_version": __version__, "num_sequences": num_sequences, "sequence_length": steps,
         "frame_shape": list(frame_shape), "dims_per_sequence": steps * math.prod(frame_shape), "seed": seed,
@@ -217,6 +220,30 @@ def _accumulate(
             for key, curve in batch_curves.items():
                 curves.setdefault(key, []).append(curve)
     return totals, curves
+
+
+def _prediction_summary(curves: dict[str, list[Tensor]], groups: Sequence[str] | None) -> dict[str, Any]:
+    """The prediction figures over every sequence, and over each group's with ``groups``."""
+    joined = {key: torch.cat(values) for key, values in curves.items()}
+    summary = summarise_curves(joined)
+    if groups is not None:
+        summary["per_group"] = per_group(joined, groups)
+    return summary
+
+
+def per_group(curves: dict[str, Tensor], groups: Sequence[str]) -> dict[str, Any]:
+    """The prediction figures (``summarise_curves``) of each group of sequences, from the
+    per-sequence ``curves`` of ``prediction_curves``, in the order the groups first appear."""
+    count = next(iter(curves.values())).shape[0]
+    if len(groups) != count:
+        raise DataError(f"groups names {len(groups)} sequences; the data holds {count}")
+    names = list(dict.fromkeys(groups))
+    labels = np.asarray(groups, dtype=object)
+    report = {}
+    for name in names:
+        rows = torch.from_numpy(np.flatnonzero(labels == name))
+        report[name] = summarise_curves({key: curve.index_select(0, rows) for key, curve in curves.items()})
+    return report
 
 
 def _likelihood_report(totals: dict[str, list[Tensor]], particles: int, dims: int, bounds: tuple[str, ...]) -> dict[str, Any]:

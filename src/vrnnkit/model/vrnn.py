@@ -75,7 +75,8 @@ class VRNN(nn.Module):
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.latent_feature_dim), nn.ReLU())
         skip_shapes = skips.skip_arguments(self.encoder, get_builder("decoder", c.decoder), c.encoder, c.decoder)
         self.uses_skips = bool(skip_shapes)
-        if self.uses_skips and c.skip_residual:
+        self.warps_reference = bool(getattr(get_builder("decoder", c.decoder), "warps_reference", False))
+        if self.uses_skips and c.skip_residual and not self.warps_reference:
             # ReZero-style gate, one per likelihood parameter: at zero the model starts out as
             # the copy of its reference frame, and learns how far to move away from it.
             shape = (1, self.likelihood.params_per_element) + (1,) * len(c.frame_shape)
@@ -314,6 +315,10 @@ class VRNN(nn.Module):
         predicts what changes (copying is the starting point, not something to learn)."""
         if reference is None:
             return self.decoder(f, h)
+        if self.warps_reference:  # the decoder gives the mean itself (vrnnkit.blocks.warp)
+            mean, rest = self.decoder(f, h, reference[1:], reference[0])
+            params = self.likelihood.frame_params(mean)
+            return torch.cat([params[:, :1], params[:, 1:] + rest], dim=1)
         params = self.decoder(f, h, reference[1:])
         if self.config.skip_residual:
             params = self.residual_gate * params + self.likelihood.frame_params(reference[0])

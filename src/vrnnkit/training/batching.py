@@ -10,6 +10,7 @@ padding; every loss and figure counts only real steps.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vrnnkit.data.clips import clip_windows, is_clip_folder, read_clips
 from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.music import NoteRange
 from vrnnkit.data.sources import BUILTIN_DATA, build_dataset
@@ -55,7 +57,16 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig) -> TrainingData:
     """The data ``config`` names, opened and split (frame checks before the run folder exists)."""
+    data = _open_training_data(config)
+    if config.flip and len(data.frame_shape) != 3:
+        raise ConfigError(f"--flip mirrors image frames; {config.data} holds vectors of shape {data.frame_shape}")
+    return data
+
+
+def _open_training_data(config: TrainConfig) -> TrainingData:
     name, mnist_dir = resolve_builtin(config.data, config.mnist_dir)  # downloads what is missing
+    if name not in BUILTIN_DATA and is_clip_folder(name):
+        return _clip_data(name, config)
     if name not in BUILTIN_DATA and is_variable_length(name):
         data = open_variable_length(name, seq_len=config.seq_len, val_fraction=config.val_fraction,
                                     seed=config.seed, fps=config.fps)
@@ -74,6 +85,16 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         unit_interval=config.model.likelihood_support == "unit-interval", size=config.frame_size, grey=config.grey,
     )
     return TrainingData(training, validation, frame_shape)
+
+
+def _clip_data(folder: str, config: TrainConfig) -> TrainingData:
+    """A folder of clips: windows within each clip, whole clips held out for validation."""
+    if config.seq_len == 0:
+        raise ConfigError("--seq-len 0 (whole sequences) does not apply to a folder of clips; give a window length")
+    clips = read_clips(folder, size=config.frame_size, grey=config.grey or None, skip_unreadable=config.skip_unreadable)
+    training, validation = clip_windows(clips, int(config.seq_len), val_fraction=config.val_fraction, seed=config.seed,
+                                        say=lambda line: print(line, file=sys.stderr))
+    return TrainingData(training, validation, tuple(clips.frame_shape))
 
 
 def batches_per_epoch(data: TrainingData, config: TrainConfig, world: World) -> int:
@@ -148,3 +169,13 @@ def to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor | None
 
 def _lengths(dataset: Any) -> list[int]:
     return list(dataset.lengths)
+
+
+def mirror_half(frames: Tensor, generator: torch.Generator) -> Tensor:
+    """``--flip``: each window of a batch (B, T, C, H, W) mirrored left to right with
+    probability 1/2, drawn from ``generator`` (the run's own, so a resumed run draws on)."""
+    flipped = torch.rand(frames.shape[0], generator=generator) < 0.5
+    if not flipped.any():
+        return frames
+    flipped = flipped.to(frames.device).view(-1, *([1] * (frames.dim() - 1)))
+    return torch.where(flipped, frames.flip(-1), frames)

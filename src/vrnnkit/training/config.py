@@ -60,6 +60,8 @@ class TrainConfig:
     layout: str | None = None
     size: str | int | list[int] | None = None  # HEIGHTxWIDTH ("64x48") or a square (64); kept as "HxW"
     grey: bool = False
+    skip_unreadable: bool = False  # a folder of clips: leave out a clip that cannot be read, with a warning
+    flip: bool = False  # mirror each training window left to right at random (half of them)
     num_sequences: int = 2000  # generated datasets: how many sequences
     fps: float | None = None  # MIDI folders: steps per second (default: one step per quarter note)
     model: VRNNConfig = field(default_factory=default_model)

@@ -36,6 +36,7 @@ from vrnnkit.training.batching import (
     batches_per_epoch,
     iterate_batches,
     load_training_data,
+    mirror_half,
     to_device,
     validation_batches,
 )
@@ -170,6 +171,8 @@ def train(
         for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
             frames, mask = to_device(batch, run.device)
+            if config.flip:
+                frames = mirror_half(frames, run.noise)
             run.set_lr()
             result = train_step(
                 run.trained, frames, run.optimizer, run.scaler, config,
