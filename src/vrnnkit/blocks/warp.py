@@ -77,12 +77,15 @@ class WarpDecoder(ConvTransposeSkipDecoder):
     def block_name(cls) -> str:
         return "convT-warp"
 
-    def __init__(self, latent_dim: int, h_dim: int, frame_shape: tuple[int, ...], params_per_element: int, **options) -> None:
+    def __init__(
+        self, latent_dim: int, h_dim: int, frame_shape: tuple[int, ...], params_per_element: int, stay: bool = True, **options,
+    ) -> None:
         super().__init__(latent_dim, h_dim, frame_shape, params_per_element, **options)
         last = self.deconvs[-1]
         channels = frame_shape[0]
-        self.params_per_element = params_per_element
-        head = nn.Conv2d(last.in_channels, FLOW_CHANNELS + BLEND_CHANNELS + params_per_element * channels, 3, padding=1)
+        self.params_per_element, self.stay = params_per_element, bool(stay)
+        masks = BLEND_CHANNELS + int(self.stay)
+        head = nn.Conv2d(last.in_channels, FLOW_CHANNELS + masks + params_per_element * channels, 3, padding=1)
         nn.init.zeros_(head.weight)  # every output 0: no motion, no blend, the scale at its floor's offset
         nn.init.zeros_(head.bias)
         self.deconvs[-1] = head.to(memory_format=torch.channels_last)
@@ -99,10 +102,12 @@ class WarpDecoder(ConvTransposeSkipDecoder):
             raise ValueError("decoder 'convT-warp' needs the reference frame and its feature maps")
         out = self.output_maps(f, h, skips)
         channels = frame.shape[1]
-        flow, blend, content, rest = out.split(
-            [FLOW_CHANNELS, BLEND_CHANNELS, channels, (self.params_per_element - 1) * channels], dim=1
+        flow, blend, stay, content, rest = out.split(
+            [FLOW_CHANNELS, BLEND_CHANNELS, int(self.stay), channels, (self.params_per_element - 1) * channels], dim=1
         )
         flow = flow + self.shift(torch.cat([f, h], dim=-1))[:, :, None, None]
-        warped = warp(frame, flow)
-        mean = warped + (self.gate * torch.sigmoid(blend)) * (content - warped)
+        moved = warp(frame, flow)
+        if self.stay:  # where nothing moves, the reference itself, not a resampled (softened) copy
+            moved = moved + torch.sigmoid(stay) * (frame - moved)
+        mean = moved + (self.gate * torch.sigmoid(blend)) * (content - moved)
         return mean, rest.reshape(out.shape[0], self.params_per_element - 1, *frame.shape[1:])
