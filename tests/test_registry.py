@@ -29,7 +29,7 @@ def test_unknown_name_lists_the_known_names_and_suggests_a_close_one():
     message = str(info.value)
     assert "unknown decoder block 'convt'" in message
     assert "Did you mean 'convT'?" in message
-    assert "convT, convT-skip, mlp" in message
+    assert "convT, convT-skip, convT-warp, mlp" in message
 
 
 def test_unknown_kind_is_an_error_naming_the_kinds():

@@ -97,7 +97,7 @@ def test_a_bad_config_file_exits_2_with_the_reason(tmp_path, toml, message):
 def test_an_unknown_block_name_lists_the_registered_ones(tmp_path):
     result = _train("--decoder", "deconv", "--out", str(tmp_path / "run"), "--steps", "1")
     assert result.exit_code == 2
-    assert "unknown decoder block 'deconv'" in result.output and "convT, convT-skip, mlp" in result.output
+    assert "unknown decoder block 'deconv'" in result.output and "convT, convT-skip, convT-warp, mlp" in result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
@@ -234,7 +234,7 @@ def test_an_unknown_block_fails_with_exit_code_2_before_any_data_is_made_or_read
     monkeypatch.setattr("vrnnkit.training.batching.build_dataset", no_data)
     result = train_cli("--decoder", "nosuch", "--out", str(tmp_path / "run"))
     assert result.exit_code == 2
-    assert "unknown decoder block 'nosuch'" in result.output and "convT, convT-skip, mlp" in result.output
+    assert "unknown decoder block 'nosuch'" in result.output and "convT, convT-skip, convT-warp, mlp" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
 
