@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from vrnnkit._atomic import write_json
 from vrnnkit.errors import TrainingError
 
 if dist.is_available():
@@ -148,6 +151,28 @@ def _release(owned: bool) -> None:
     gc.collect()
     if owned:
         dist.destroy_process_group()
+
+
+FINISHED_ENV = "VRNNKIT_FINISHED_NOTE"
+"""Set by ``vrnnkit train --nproc`` for its processes: a file where rank 0 notes that the run
+finished with its final state saved, for the launcher to tell a process that dies after that
+from one that dies during the run."""
+
+
+def note_finished(step: int, world: World) -> None:
+    """Rank 0, after the run ended with its final state saved: the note of ``FINISHED_ENV``."""
+    path = os.environ.get(FINISHED_ENV)
+    if path and world.is_main:
+        write_json(path, {"step": step})
+
+
+def finished_step(path: str | os.PathLike[str]) -> int | None:
+    """The step of the note at ``path``, or None where there is none (the run did not finish)."""
+    try:
+        step = json.loads(Path(path).read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 TIMEOUT_ENV = "VRNNKIT_DDP_TIMEOUT"
