@@ -239,7 +239,7 @@ def test_two_nodes_meet_through_a_c10d_rendezvous_on_localhost(tmp_path, bits):
     ]
     results = _run(*commands, cwd=tmp_path)
     for result in results:
-        assert result.returncode == 0, result.stderr[-3000:]
+        _assert_clean(result)
     printed = "".join(r.stdout for r in results)
     assert "2 processes x 8 sequences = 16 per step" in printed and printed.count("step 3/3") == 1
     assert vrnnkit.read_metadata(out / "model.safetensors")["step"] == "3"
@@ -266,6 +266,6 @@ def test_ctrl_c_stops_every_process_after_a_save_and_the_launcher_exits_130(tmp_
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
+    assert not [sign for sign in TROUBLE if sign in stderr], stderr
     step = int(vrnnkit.read_metadata(out / "model.safetensors")["step"])
     assert f"interrupted: saved step {step} in {out}; continue with: vrnnkit train --resume {out} --nproc 2" in stderr
