@@ -12,7 +12,13 @@ from vrnnkit.resources.budget import out_of_memory
 from vrnnkit.tracking import check_tracker, open_tracker
 from vrnnkit.training import loop
 from vrnnkit.training.config import resolve_config
-from vrnnkit.training.distributed import World, broadcast_text, lost_process, process_group
+from vrnnkit.training.distributed import (
+    World,
+    broadcast_text,
+    lost_process,
+    note_finished,
+    process_group,
+)
 from vrnnkit.training.lock import run_lock
 from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir
 
@@ -66,6 +72,8 @@ def train(
                     tracker.close()
         if resume is None and world.is_main:
             link_latest(run_dir)
+        if not result.interrupted:
+            note_finished(result.step, world)
         return result
 
 

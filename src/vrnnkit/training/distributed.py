@@ -3,20 +3,37 @@ loop needs (all on small tensors, no pickle).
 
 One caller owns the process group: ``process_group`` joins the group ``torchrun`` describes
 and leaves it on the way out, unless the group was there already (then its creator owns it).
+Either way every process leaves the same way: the processes meet at a last barrier, then the
+owner destroys the group, which ends gloo's threads while the interpreter is whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import os
+import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from vrnnkit._atomic import write_json
 from vrnnkit.errors import TrainingError
+
+if dist.is_available():
+    # DistributedDataParallel imports this module on first use. Imported after the group is
+    # made, its functions' default arguments (group=group.WORLD) keep the default group alive
+    # for the life of the interpreter: destroy_process_group then leaves gloo's worker threads
+    # running, and one that lets go of a tensor while the interpreter shuts down aborts the
+    # process (SIGABRT, "terminate called without an active exception"). Imported first, the
+    # defaults are None.
+    import torch.distributed.nn.functional
 
 
 @dataclass(frozen=True)
@@ -48,10 +65,16 @@ def current_world() -> World:
 def process_group(device_name: str) -> Iterator[World]:
     """Join the process group that ``torchrun`` describes in the environment, if any, for the
     duration of the block: gloo on the CPU, nccl on CUDA. A group that exists already is used
-    and left alone."""
+    and left to its creator. On the way out, normally or on an error, the processes meet at a
+    last barrier (``VRNNKIT_DDP_TIMEOUT``, or ``PARTING_TIMEOUT`` on an error) before the
+    group they made here is destroyed."""
     world = current_world()
-    if not world.distributed or dist.is_initialized():
+    if not world.distributed:
         yield world
+        return
+    if dist.is_available() and dist.is_initialized():
+        with _leaving(owned=False):
+            yield world
         return
     if not dist.is_available():
         raise TrainingError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
@@ -63,10 +86,93 @@ def process_group(device_name: str) -> Iterator[World]:
         dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout()))
     except (RuntimeError, ValueError) as error:
         raise TrainingError(f"could not join the {world.size} training processes over {backend}: {error}") from None
-    try:
+    with _leaving(owned=True):
         yield current_world()
-    finally:
+
+
+PARTING_TIMEOUT = 10.0
+"""Seconds a process that is stopping on an error waits at the last barrier: the others may
+be gone or stuck, and its own error is what matters."""
+
+
+@contextlib.contextmanager
+def _leaving(*, owned: bool) -> Iterator[None]:
+    """Leave the block the same way in every process, however the block ends: a last barrier
+    (all processes have finished with the group), then, where this block made the group,
+    ``destroy_process_group``."""
+    try:
+        yield
+    except BaseException as error:
+        _clear_frames(error)
+        # The error that ended the block is the one to report.
+        with contextlib.suppress(RuntimeError):
+            _last_barrier(PARTING_TIMEOUT)
+        with contextlib.suppress(RuntimeError):
+            _release(owned)
+        raise
+    try:
+        _last_barrier(collective_timeout())
+    except RuntimeError as error:
+        # The run had finished in this process: a process lost now is a warning, not a failure.
+        warnings.warn(f"process {dist.get_rank()} finished, but the others did not all reach the end "
+                      f"({_first_line(error)})", stacklevel=2)
+    _release(owned)
+
+
+def _last_barrier(timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for every process to arrive, so that none destroys the
+    group while another still uses it; RuntimeError when one does not."""
+    backend = dist.get_backend()
+    if backend == "gloo":
+        # gloo's plain barrier would stay on a worker thread after a timeout, and
+        # destroy_process_group would wait for it.
+        dist.monitored_barrier(timeout=timedelta(seconds=timeout))
+    else:
+        devices = [torch.cuda.current_device()] if backend == "nccl" else None
+        dist.barrier(async_op=True, device_ids=devices).wait(timedelta(seconds=timeout))
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Clear the finished frames of ``error``'s tracebacks (its causes' too): they hold the DDP
+    wrapper, whose reducer holds the process group."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is not None and id(current) not in seen:
+            seen.add(id(current))
+            traceback.clear_frames(current.__traceback__)
+            pending += [current.__cause__, current.__context__]
+
+
+def _release(owned: bool) -> None:
+    """Drop what still holds the group (a DDP wrapper in a reference cycle) and, where this
+    process made the group, destroy it: that joins gloo's threads now, not at interpreter exit."""
+    gc.collect()
+    if owned:
         dist.destroy_process_group()
+
+
+FINISHED_ENV = "VRNNKIT_FINISHED_NOTE"
+"""Set by ``vrnnkit train --nproc`` for its processes: a file where rank 0 notes that the run
+finished with its final state saved, for the launcher to tell a process that dies after that
+from one that dies during the run."""
+
+
+def note_finished(step: int, world: World) -> None:
+    """Rank 0, after the run ended with its final state saved: the note of ``FINISHED_ENV``."""
+    path = os.environ.get(FINISHED_ENV)
+    if path and world.is_main:
+        write_json(path, {"step": step})
+
+
+def finished_step(path: str | os.PathLike[str]) -> int | None:
+    """The step of the note at ``path``, or None where there is none (the run did not finish)."""
+    try:
+        step = json.loads(Path(path).read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 TIMEOUT_ENV = "VRNNKIT_DDP_TIMEOUT"
@@ -92,13 +198,16 @@ def collective_timeout() -> float:
 
 def lost_process(error: RuntimeError, run_dir: object, world: World) -> TrainingError:
     """What a process says when a collective fails because another process is gone."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    said = (lines[0] if lines else type(error).__name__)[:200]
     return TrainingError(
-        f"process {world.rank} lost contact with the other training processes ({said}); one of them stopped or "
+        f"process {world.rank} lost contact with the other training processes ({_first_line(error)}); one of them stopped or "
         f"hung for {collective_timeout():g} s ({TIMEOUT_ENV}); continue from the last save with: "
         f"vrnnkit train --resume {run_dir} --nproc {world.size}"
     )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
 
 
 def require_group(world: World) -> None:

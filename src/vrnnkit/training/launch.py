@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 from vrnnkit.data.sources import check_source
 from vrnnkit.io.atomic import write_json
 from vrnnkit.training.config import resolve_config
+from vrnnkit.training.distributed import FINISHED_ENV, finished_step
 from vrnnkit.training.lock import HELD_ENV, run_lock
 from vrnnkit.training.run_dir import check_new_run, new_run_dir
 
@@ -71,28 +74,44 @@ def _launch(nproc: int, train_config: Any, run_dir: Path, *, resume: Path | None
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        elastic_launch(launch, sys.executable)(*args)
-    except ChildFailedError as error:
-        _report_killed(error.failures, run_dir, nproc)
-        codes = [failure.exitcode for failure in error.failures.values()]
-        return next((code for code in codes if code in (1, 2, 130)), 1)
-    except SignalException:
-        # Ctrl-C reached the processes too: they stopped at the end of the same step, saved,
-        # and rank 0 said how to continue; the launcher has waited for them.
-        return 130
+    with tempfile.TemporaryDirectory(prefix="vrnnkit-launch-") as notes:
+        finished = Path(notes) / "finished.json"
+        os.environ[FINISHED_ENV] = str(finished)  # where rank 0 notes that the run finished
+        try:
+            elastic_launch(launch, sys.executable)(*args)
+        except ChildFailedError as error:
+            return report_failures(error.failures, run_dir, nproc, finished_step(finished))
+        except SignalException:
+            # Ctrl-C reached the processes too: they stopped at the end of the same step, saved,
+            # and rank 0 said how to continue; the launcher has waited for them.
+            return 130
+        finally:
+            os.environ.pop(FINISHED_ENV, None)
     return 0
 
 
-def _report_killed(failures: dict[int, Any], run_dir: Path, nproc: int) -> None:
-    """Name the processes a signal killed (they could not say it themselves)."""
-    import signal
+def report_failures(failures: dict[int, Any], run_dir: Path, nproc: int, finished: int | None) -> int:
+    """Name the processes a signal killed (they could not say it themselves) and return the
+    launcher's exit code. ``finished`` is the step of rank 0's note that the run finished with
+    its final state saved (None without one): a process killed after that leaves a complete
+    run, which is a warning and exit 0, not a run to continue."""
+    codes = {rank: failure.exitcode for rank, failure in sorted(failures.items())}
+    # A SIGTERM beside another failure is the launcher stopping the other processes: not news.
+    causes = {rank: code for rank, code in codes.items() if code != -signal.SIGTERM} or codes
+    killed = {rank: _signal_name(code) for rank, code in causes.items() if code < 0}
+    if finished is not None and len(killed) == len(causes):
+        for rank, name in killed.items():
+            print(f"warning: training process {rank} was killed ({name}) after the run had finished; step {finished} "
+                  f"is saved in {run_dir} and the run is complete", file=sys.stderr, flush=True)
+        return 0
+    for rank, name in killed.items():
+        print(f"error: training process {rank} was killed ({name}); the others stopped; continue from the last save "
+              f"with: vrnnkit train --resume {run_dir} --nproc {nproc}", file=sys.stderr, flush=True)
+    return next((code for code in causes.values() if code in (1, 2, 130)), 1)
 
-    for rank, failure in sorted(failures.items()):
-        if failure.exitcode < 0:
-            try:
-                name = signal.Signals(-failure.exitcode).name
-            except ValueError:
-                name = f"signal {-failure.exitcode}"
-            print(f"error: training process {rank} was killed ({name}); the others stopped; continue from the last save "
-                  f"with: vrnnkit train --resume {run_dir} --nproc {nproc}", file=sys.stderr, flush=True)
+
+def _signal_name(exitcode: int) -> str:
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"

@@ -165,8 +165,21 @@ def train(
     require_group(world)
     run = _Run(config, Path(out), world, resume, on_log if world.is_main else None)
     run.tracker = tracker if world.is_main else None
-    interrupted = False
-    loop_start = time.perf_counter()
+    try:
+        interrupted = _loop(run, on_step)
+    finally:
+        # The DDP wrapper's reducer holds the process group, which its owner destroys next.
+        run.trained = run.model
+    published = run.average or run.model
+    if run.folder is not None and not interrupted and published.config.is_image:
+        run.folder.write_samples(published, run.step)
+    return TrainResult(run.run_dir, run.step, interrupted, run.metrics, run.timings, model=published, world_size=world.size)
+
+
+def _loop(run: _Run, on_step: Callable[[int, VRNN], None] | None) -> bool:
+    """The steps from ``run.step`` to ``run.total``; whether Ctrl-C or SIGTERM stopped them."""
+    config, world = run.config, run.world
+    loop_start, stopped = time.perf_counter(), False
     with _InterruptFlag() as stop:
         for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
@@ -190,13 +203,10 @@ def train(
             stopping = any_rank(stop.raised, world)
             run.after_step(epoch, result, periodic=run.step % config.every == 0 or run.step == run.total or stopping)
             if stopping:
-                interrupted = True
+                stopped = True
                 break
     run.timings["loop"] = time.perf_counter() - loop_start
-    published = run.average or run.model
-    if run.folder is not None and not interrupted and published.config.is_image:
-        run.folder.write_samples(published, run.step)
-    return TrainResult(run.run_dir, run.step, interrupted, run.metrics, run.timings, model=published, world_size=world.size)
+    return stopped
 
 
 class _Run:
@@ -247,14 +257,14 @@ class _Run:
             "parameters": self.model.num_parameters(), "run_dir": str(run_dir), "output_bias": self.output_bias,
             "padded": self.data.padded,
         })
-        self.trained: nn.Module = self.model
-        if world.distributed:
-            # Every parameter takes part in every loss, so no find_unused_parameters.
-            self.trained = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.scaler = make_scaler(config, self.device)
         self.metrics: dict[str, float] = {}
         self.timings = {"loop": 0.0, "model": 0.0, "periodic": 0.0}
         self.window_start, self.window_steps, self.last_live = time.perf_counter(), 0, time.perf_counter()
+        self.trained: nn.Module = self.model
+        if world.distributed:
+            # Every parameter takes part in every loss, so no find_unused_parameters.
+            self.trained = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def set_lr(self) -> None:
         """The learning rate of this step: constant, or a cosine from ``lr`` down to 5% of it."""
