@@ -210,7 +210,7 @@ def test_a_process_that_dies_after_the_run_finished_is_a_warning_and_exit_0(tmp_
 def test_the_launcher_says_what_became_of_the_run(capsys, finished, exitcodes, code, said):
     from types import SimpleNamespace
 
-    from vrnnkit.launch import report_failures
+    from vrnnkit.training.launch import report_failures
 
     failures = {rank: SimpleNamespace(exitcode=exitcode) for rank, exitcode in exitcodes.items()}
     assert report_failures(failures, Path("RUN"), 2, finished) == code

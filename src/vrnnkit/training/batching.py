@@ -159,12 +159,15 @@ def validation_batches(data: Dataset, batch_size: int, padded: bool, max_batches
         yield pad_collate([data[int(i)] for i in order[start : start + batch_size]])
 
 
-def to_device(batch: Batch, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """A batch on ``device`` as (frames, mask or None)."""
+def to_device(batch: Batch, device: torch.device, *, flip: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    """A batch on ``device`` as (frames, mask or None); with ``flip`` (``--flip``), a random
+    half of its windows mirrored, drawn from that generator (``mirror_half``)."""
     if isinstance(batch, (tuple, list)):
         x, mask = batch
-        return x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-    return batch.to(device, non_blocking=True), None
+        x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    else:
+        x, mask = batch.to(device, non_blocking=True), None
+    return (x if flip is None else mirror_half(x, flip)), mask
 
 
 def _lengths(dataset: Any) -> list[int]:

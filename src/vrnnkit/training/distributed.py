@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from vrnnkit._atomic import write_json
 from vrnnkit.errors import TrainingError
+from vrnnkit.io.atomic import write_json
 
 if dist.is_available():
     # DistributedDataParallel imports this module on first use. Imported after the group is

@@ -36,7 +36,6 @@ from vrnnkit.training.batching import (
     batches_per_epoch,
     iterate_batches,
     load_training_data,
-    mirror_half,
     to_device,
     validation_batches,
 )
@@ -183,9 +182,7 @@ def _loop(run: _Run, on_step: Callable[[int, VRNN], None] | None) -> bool:
     with _InterruptFlag() as stop:
         for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
-            frames, mask = to_device(batch, run.device)
-            if config.flip:
-                frames = mirror_half(frames, run.noise)
+            frames, mask = to_device(batch, run.device, flip=run.noise if config.flip else None)
             run.set_lr()
             result = train_step(
                 run.trained, frames, run.optimizer, run.scaler, config,
