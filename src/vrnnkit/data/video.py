@@ -93,6 +93,10 @@ def read_video(path: Path, *, grey: bool | None = None, size: tuple[int, int] | 
         ) from err
     if not frames:
         raise DataError(f"{path}: expected video frames, decoded none")
+    odd = next((i for i, frame in enumerate(frames) if frame.shape != frames[0].shape), None)
+    if odd is not None:  # a damaged or unusual file (a GIF's frames may differ in size)
+        raise DataError(f"{path}: frame {odd} is {frames[odd].shape[1]}x{frames[odd].shape[0]} pixels and frame 0 "
+                        f"{frames[0].shape[1]}x{frames[0].shape[0]}; expected frames of one size (or pass --size)")
     video = np.stack(frames)
     if grey is None and spread <= GREY_TOLERANCE:
         video = _convert_all(video)
