@@ -195,11 +195,20 @@ def predict_file(
         return _predict_music(model, videos, out, note_range, source=str(path), **options)
     _check_writable(json_out, "--json")
     prediction = predict(model, videos, require_metrics=json_out is not None, source=str(path), **options)
-    futures = prediction.futures
-    if out.suffix.lower() == ".npy" or not model.config.is_image:
-        write_clips(out, futures if out.suffix.lower() == ".npy" else futures.flatten(0, 1))
+    if not model.config.is_image and out.suffix.lower() != ".npy":
+        write_clips(out, prediction.futures.flatten(0, 1))
+        prediction.path = out
+        return prediction
+    return _write_prediction(prediction, prediction, out, json_out)
+
+
+def _write_prediction(prediction: Prediction, shown: Prediction, out: Path, json_out: str | os.PathLike[str] | None) -> Prediction:
+    """Write ``shown`` to ``out`` (.npy: the raw futures; otherwise rows of context and futures)
+    and ``prediction``'s metrics to ``json_out``; ``prediction`` with its path."""
+    if out.suffix.lower() == ".npy":
+        write_clips(out, shown.futures)
     else:
-        write_clips(out, *_prediction_rows(prediction))
+        write_clips(out, *_prediction_rows(shown))
     if json_out is not None and prediction.metrics is not None:
         write_json(Path(json_out), prediction.metrics)
     prediction.path = out
@@ -225,14 +234,7 @@ def _predict_clips(
         prediction.metrics["per_group"] = per_group(curves, names)
     first = [names.index(name) for name in dict.fromkeys(names)]
     shown = Prediction(prediction.context[first], prediction.futures[first], prediction.truth[first])
-    if out.suffix.lower() == ".npy":
-        write_clips(out, shown.futures)
-    else:
-        write_clips(out, *_prediction_rows(shown))
-    if json_out is not None and prediction.metrics is not None:
-        write_json(Path(json_out), prediction.metrics)
-    prediction.path = out
-    return prediction
+    return _write_prediction(prediction, shown, out, json_out)
 
 
 def _predict_music(model: VRNN, videos: Tensor, out: Path, note_range: NoteRange | None, **options: Any) -> Prediction:
