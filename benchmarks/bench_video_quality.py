@@ -107,10 +107,39 @@ def _natural(args: argparse.Namespace, samples: int) -> None:
         report = json.loads(report_path.read_text())
     model, _ = api.load_model(args.ckpt)
     _print("natural" + (" colour" if args.colour else ""), report, seconds, samples, model)
+    _print_classical_flow(args.clips / "test", colour=args.colour)
     print("per clip: windows, best-of-N and mean-of-N minus copy-last (PSNR over the 10 steps)")
     for name, clip in report["prediction"]["per_group"].items():
         versus = clip["versus_baseline"]["psnr"]
         print(f"  {name:<52} {clip['num_sequences']:3d}  {versus['best_of_n']['mean']:+6.2f}  {versus['mean_of_n']['mean']:+6.2f}")
+
+
+@torch.no_grad()
+def _print_classical_flow(folder: Path, *, colour: bool) -> None:
+    """What classical optical flow scores with no training, on the same windows: the motion
+    from the 4th to the 5th context frame (Lucas-Kanade, the estimate ``convT-warp`` reads with
+    ``motion = true``), the last frame moved on at that velocity, at half of it, and the best of
+    those two and copy-last per window; PSNR minus copy-last, mean over windows."""
+    from vrnnkit.blocks.motion import lucas_kanade
+    from vrnnkit.blocks.warp import warp
+    from vrnnkit.data.clips import read_clips
+
+    clips = read_clips(folder, size=(64, 64), grey=not colour, progress=False)
+    windows = torch.stack(list(clips.windows(15)))
+    context, truth = windows[:, :5], windows[:, 5:]
+
+    def psnr(frames: torch.Tensor) -> torch.Tensor:
+        return 10 * torch.log10(1 / ((frames - truth) ** 2).flatten(2).mean(-1).clamp_min(1e-10))
+
+    copy = psnr(context[:, -1:].expand_as(truth))
+    flow = lucas_kanade(context[:, -2], context[:, -1])
+    gains = {pace: psnr(torch.stack([warp(context[:, -1], k * pace * flow) for k in range(1, 11)], dim=1)) - copy
+             for pace in (1.0, 0.5)}
+    gains["best of copy, half, full"] = torch.stack([torch.zeros_like(copy), gains[1.0], gains[0.5]]).amax(dim=0)
+    print(f"classical flow, no training (Lucas-Kanade, {len(windows)} windows), PSNR minus copy-last per step; mean:")
+    for label, gain in gains.items():
+        name = label if isinstance(label, str) else f"{label:g} x velocity"
+        print(f"  {name:<26} " + " ".join(f"{v:+.2f}" for v in gain.mean(0)) + f"; {gain.mean():+.2f}")
 
 
 def _data(recipe: str, scratch: Path, args: argparse.Namespace) -> tuple[object, object, dict]:

@@ -7,6 +7,7 @@ import torch
 
 from vrnnkit import VRNN, VRNNConfig
 from vrnnkit.blocks.distributions import normal_kl
+from vrnnkit.blocks.motion import lucas_kanade
 from vrnnkit.blocks.warp import warp
 
 
@@ -38,11 +39,12 @@ def test_the_gradient_reaches_the_flow_as_finite_differences_say():
     assert torch.autograd.gradcheck(lambda f: warp(frame, f), (flow,), eps=1e-6, atol=1e-6)
 
 
-def _model(frame=(1, 16, 12), *, likelihood="gaussian", context=0, moved=True) -> VRNN:
+def _model(frame=(1, 16, 12), *, likelihood="gaussian", context=0, moved=True, motion=False) -> VRNN:
     torch.manual_seed(0)
     config = VRNNConfig(
         frame_shape=frame, h_dim=24, z_dim=4, encoder="conv-skip", decoder="convT-warp", likelihood=likelihood,
-        frame_difference=True, skip_context=context, encoder_options={"channels": 4}, decoder_options={"channels": 4},
+        frame_difference=True, skip_context=context, encoder_options={"channels": 4},
+        decoder_options={"channels": 4, "motion": motion},
     )
     model = VRNN(config).double()
     if moved:  # away from the identity it starts at, so that the flow, blend and content all matter
@@ -50,12 +52,16 @@ def _model(frame=(1, 16, 12), *, likelihood="gaussian", context=0, moved=True) -
         torch.nn.init.normal_(model.decoder.deconvs[-1].bias, std=0.3)
         torch.nn.init.constant_(model.decoder.gate, 0.7)
         torch.nn.init.normal_(model.decoder.shift.weight, std=0.1)
+        if motion:
+            torch.nn.init.normal_(model.decoder.pace.weight, std=0.1)
+            torch.nn.init.constant_(model.decoder.pace.bias, 0.8)
     return model
 
 
+@pytest.mark.parametrize("motion", [False, True])
 @pytest.mark.parametrize(("frame", "likelihood"), [((1, 16, 12), "gaussian"), ((3, 20, 33), "gaussian"), ((1, 16, 16), "bernoulli")])
-def test_an_untrained_model_predicts_the_last_context_frame_exactly(frame, likelihood):
-    model = _model(frame, likelihood=likelihood, moved=False).float()
+def test_an_untrained_model_predicts_the_last_context_frame_exactly(frame, likelihood, motion):
+    model = _model(frame, likelihood=likelihood, moved=False, motion=motion).float()
     x = torch.rand(2, 5, *frame)
     if likelihood == "bernoulli":  # its mean passes through clamped logits; exact at these values
         x = torch.full_like(x, 0.5)
@@ -70,11 +76,15 @@ def _per_step_loss(model: VRNN, x: torch.Tensor, noise: torch.Tensor) -> torch.T
     total = torch.zeros(batch, dtype=x.dtype)
     previous, previous_maps = torch.zeros_like(x[:, 0]), None
     for t in range(steps):
+        if model.reads_motion and previous_maps is not None:  # the motion into frame t-1, zeros into frame 0
+            seen = lucas_kanade(x[:, t - 2], x[:, t - 1]) if t >= 2 else torch.zeros_like(x[:, 0, :1]).expand(-1, 2, -1, -1)
+            previous_maps = [*previous_maps[: len(model.encoder.skip_shapes)], seen]
         h = model.rnn.output(state)
         e, maps = model.encoder.encode(torch.cat([x[:, t], x[:, t] - previous], dim=1))
         mean_q, std_q = model.posterior(e, h)
         f = model.phi_z(mean_q + std_q * noise[t])
         if previous_maps is None:  # step 0 has no frame before it: zeros
+            maps = [*maps, torch.zeros_like(x[:, 0, :1]).expand(-1, 2, -1, -1)] if model.reads_motion else maps
             reference, reference_maps = torch.zeros_like(x[:, 0]), [torch.zeros_like(m) for m in maps]
         else:
             reference, reference_maps = previous, previous_maps
@@ -87,16 +97,18 @@ def _per_step_loss(model: VRNN, x: torch.Tensor, noise: torch.Tensor) -> torch.T
     return total.mean()
 
 
-def test_filtering_with_the_warp_equals_a_per_step_loop():
-    model = _model()
+@pytest.mark.parametrize("motion", [False, True])
+def test_filtering_with_the_warp_equals_a_per_step_loop(motion):
+    model = _model(motion=motion)
     x = torch.rand(3, 6, 1, 16, 12, dtype=torch.float64)
     noise = torch.randn(6, 3, 4, dtype=torch.float64)
     model.noise = lambda *args, **kwargs: noise  # the same posterior noise for both paths
     assert torch.allclose(model(x).loss, _per_step_loss(model, x, noise), rtol=1e-10, atol=1e-8)
 
 
-def test_prediction_with_the_warp_equals_a_per_step_loop():
-    model = _model()
+@pytest.mark.parametrize("motion", [False, True])
+def test_prediction_with_the_warp_equals_a_per_step_loop(motion):
+    model = _model(motion=motion)
     x = torch.rand(2, 4, 1, 16, 12, dtype=torch.float64)
     predicted = model.predict(x, 3, generator=torch.Generator().manual_seed(5))[:, 0]
     generator = torch.Generator().manual_seed(5)
@@ -122,10 +134,11 @@ def test_training_moves_the_warp_away_from_the_identity():
     assert flow_rows.abs().sum() > 0 and model.decoder.gate.grad.abs() > 0
 
 
-def test_onnx_export_of_a_warp_model_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("motion", [False, True])
+def test_onnx_export_of_a_warp_model_matches_pytorch(tmp_path, motion):
     pytest.importorskip("onnxruntime")
     from vrnnkit.io.export import export
 
-    model = _model(frame=(1, 16, 20)).float().eval()
+    model = _model(frame=(1, 16, 20), motion=motion).float().eval()
     report = export(model, tmp_path / "warp.onnx", steps=4)
     assert report["max_abs_difference"] <= 1e-4

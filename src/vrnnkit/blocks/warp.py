@@ -14,6 +14,12 @@ model predicts exactly its reference frame (copy-last) and learns motion from th
 reference is the previous frame (``skip_context = 0``): the observed one while filtering, the
 generated one while predicting; with ``skip_context = N`` the displacement is from frame N-1.
 
+With ``motion = true`` the decoder also reads the motion from the frame before the reference
+to the reference (``vrnnkit.blocks.motion``: a classical Lucas-Kanade estimate, no parameters)
+as the last of its feature maps, and adds ``pace * motion`` to the displacement, ``pace`` one
+number per frame from ``(phi_z(z_t), h_{t-1})`` (starting at 0): carrying on at the speed seen,
+or half of it, or stopping, is one latent choice, and the convolutions refine it per pixel.
+
 The warp forms only the mean; the model reads it through the likelihood's ``frame_params``, so
 the probability model, its bounds and its samples stay what they are for any decoder. What it
 cannot do: bring in what the reference does not hold (disocclusions, things entering the
@@ -78,8 +84,12 @@ class WarpDecoder(ConvTransposeSkipDecoder):
         return "convT-warp"
 
     def __init__(
-        self, latent_dim: int, h_dim: int, frame_shape: tuple[int, ...], params_per_element: int, stay: bool = True, **options,
+        self, latent_dim: int, h_dim: int, frame_shape: tuple[int, ...], params_per_element: int, stay: bool = True,
+        motion: bool = False, **options,
     ) -> None:
+        self.reads_motion = bool(motion)
+        if self.reads_motion and options.get("skip_shapes"):  # the motion field joins the full-size maps
+            options["skip_shapes"] = [*options["skip_shapes"], (FLOW_CHANNELS, *frame_shape[1:])]
         super().__init__(latent_dim, h_dim, frame_shape, params_per_element, **options)
         last = self.deconvs[-1]
         channels = frame_shape[0]
@@ -96,6 +106,10 @@ class WarpDecoder(ConvTransposeSkipDecoder):
         nn.init.zeros_(self.shift.weight)
         nn.init.zeros_(self.shift.bias)
         self.gate = nn.Parameter(torch.zeros(()))
+        if self.reads_motion:  # how far to carry on along the motion seen, per frame
+            self.pace = nn.Linear(latent_dim + h_dim, 1)
+            nn.init.zeros_(self.pace.weight)
+            nn.init.zeros_(self.pace.bias)
 
     def forward(self, f: Tensor, h: Tensor, skips: list[Tensor] | None = None, frame: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if skips is None or frame is None:
@@ -105,7 +119,10 @@ class WarpDecoder(ConvTransposeSkipDecoder):
         flow, blend, stay, content, rest = out.split(
             [FLOW_CHANNELS, BLEND_CHANNELS, int(self.stay), channels, (self.params_per_element - 1) * channels], dim=1
         )
-        flow = flow + self.shift(torch.cat([f, h], dim=-1))[:, :, None, None]
+        state = torch.cat([f, h], dim=-1)
+        flow = flow + self.shift(state)[:, :, None, None]
+        if self.reads_motion:  # the motion field is the last map (vrnnkit.model.skips)
+            flow = flow + self.pace(state)[:, :, None, None] * skips[-1]
         moved = warp(frame, flow)
         if self.stay:  # where nothing moves, the reference itself, not a resampled (softened) copy
             moved = moved + torch.sigmoid(stay) * (frame - moved)

@@ -55,7 +55,7 @@ def state_size(model: VRNN) -> int:
 
 def _carried_shapes(model: VRNN) -> list[tuple[int, ...]]:
     """The shapes the state carries after the recurrent state: the last frame, the reference."""
-    last = [model.config.frame_shape] if model.config.frame_difference else []
+    last = [model.config.frame_shape] if model.reads_previous else []
     return last + model.reference_shapes()
 
 
@@ -64,7 +64,7 @@ def _unpack(model: VRNN, state: Tensor) -> tuple[Tensor, Tensor | None, list[Ten
     shapes = _carried_shapes(model)
     rnn_state, *flat = state.split([model.rnn.state_size] + [math.prod(s) for s in shapes], dim=1)
     carried = [f.reshape(-1, *s) for f, s in zip(flat, shapes, strict=True)]
-    last = carried.pop(0) if model.config.frame_difference else None
+    last = carried.pop(0) if model.reads_previous else None
     return rnn_state, last, (carried if model.uses_skips else None)
 
 

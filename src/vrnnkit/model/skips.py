@@ -15,7 +15,10 @@ The rule, the same while training, filtering, predicting and sampling, with N =
   context frames, the last context frame is held, whatever N.
 - Step 0 has no previous frame: its reference is all zeros (so is an unconditional sample's).
 
-A reference is a list of tensors: the frame itself, then the encoder's maps, each batch-first.
+A reference is a list of tensors: the frame itself, then the encoder's maps, each batch-first;
+for a decoder that reads motion (``reads_motion``, e.g. ``convT-warp`` with ``motion = true``),
+last the motion from the frame before to this one (``vrnnkit.blocks.motion``, zeros where there
+is no frame before).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vrnnkit.blocks.motion import lucas_kanade
 from vrnnkit.errors import ConfigError
 
 
@@ -74,3 +78,23 @@ def last_frame(maps: list[Tensor] | None, batch: int, steps: int, samples: int) 
     if maps is None:
         return None
     return [m.view(batch, steps, *m.shape[1:])[:, -1].repeat_interleave(samples, dim=0) for m in maps]
+
+
+def motion(frames: Tensor, previous: Tensor | None, reads_motion: bool, steps: int | None = None) -> list[Tensor]:
+    """The motion part of a reference: ``[]`` unless ``reads_motion``, else the backward flow
+    (N, 2, H, W) from each of ``frames`` to its ``previous`` frame, a fixed estimate with no
+    gradient. No frame before (``previous`` None, or the first of each sequence of ``steps``
+    frames, time inner): zeros."""
+    if not reads_motion:
+        return []
+    if previous is None:
+        return [frames.new_zeros(frames.shape[0], 2, *frames.shape[-2:])]
+    flow = lucas_kanade(previous.detach(), frames.detach())
+    if steps is not None:
+        flow = flow.view(-1, steps, *flow.shape[1:]).index_fill(1, torch.tensor([0], device=flow.device), 0.0).flatten(0, 1)
+    return [flow]
+
+
+def motion_shapes(frame_shape: tuple[int, ...], reads_motion: bool) -> list[tuple[int, ...]]:
+    """The shape of a reference's motion part: none, or (2, H, W)."""
+    return [(2, *frame_shape[1:])] if reads_motion else []

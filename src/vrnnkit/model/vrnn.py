@@ -83,6 +83,8 @@ class VRNN(nn.Module):
             self.residual_gate = nn.Parameter(torch.zeros(shape))
         self.decoder = c.build_block("decoder", latent_dim=c.latent_feature_dim, h_dim=c.h_dim, frame_shape=c.frame_shape,
                                      params_per_element=self.likelihood.params_per_element, **skip_shapes)
+        self.reads_motion = bool(getattr(self.decoder, "reads_motion", False)) and self.uses_skips
+        self.reads_previous = bool(c.frame_difference) or self.reads_motion
         self.rnn = c.build_block("rnn", feature_dim=c.feature_dim, latent_dim=c.latent_feature_dim, hidden_size=c.h_dim,
                                  num_layers=c.rnn_layers)
 
@@ -301,7 +303,7 @@ class VRNN(nn.Module):
         if not self.uses_skips:
             return self.encoder(seen), None
         features, maps = self.encoder.encode(seen)
-        return features, [frame, *maps]
+        return features, [frame, *maps, *skips.motion(frame, previous, self.reads_motion)]
 
     @property
     def encoder_input_shape(self) -> tuple[int, ...]:
@@ -366,14 +368,14 @@ class VRNN(nn.Module):
         """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
         skip decoder, the reference of every frame (the frames, then each level of maps)."""
         frames = x.flatten(0, 1)
-        previous = inputs.previous_frames(x).flatten(0, 1) if self.config.frame_difference else None
+        previous = inputs.previous_frames(x).flatten(0, 1) if self.reads_previous else None
         parts = inputs.encoder_input(frames, previous, bool(self.config.frame_difference)).split(self._frame_chunk(frames))
         if not self.uses_skips:
             return torch.cat([self.encoder(p) for p in parts]).view(x.shape[0], x.shape[1], -1), None
         encoded = [self.encoder.encode(p) for p in parts]
         features = torch.cat([e for e, _ in encoded]).view(x.shape[0], x.shape[1], -1)
         maps = [torch.cat(level) for level in zip(*(m for _, m in encoded), strict=True)]
-        return features, [frames, *maps]
+        return features, [frames, *maps, *skips.motion(frames, previous, self.reads_motion, x.shape[1])]
 
     def references(self, maps: list[Tensor] | None, steps: int) -> list[Tensor] | None:
         """Each step's skip reference, from the references of every frame (``encode``)."""
@@ -381,7 +383,9 @@ class VRNN(nn.Module):
 
     def reference_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of a skip reference, the frame then each feature map (none without skips)."""
-        return [self.config.frame_shape, *self.encoder.skip_shapes] if self.uses_skips else []
+        if not self.uses_skips:
+            return []
+        return [self.config.frame_shape, *self.encoder.skip_shapes, *skips.motion_shapes(self.config.frame_shape, self.reads_motion)]
 
     def _frame_chunk(self, frames: Tensor) -> int:
         """How many frames the batched encoder and decoder take at once. On the CPU, chunks of
