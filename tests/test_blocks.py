@@ -97,8 +97,13 @@ def test_standard_normal_prior_is_the_vrnn_i_prior():
 def test_every_posterior_step_equals_its_forward(posterior):
     block = vrnnkit.build("posterior", posterior, feature_dim=4, h_dim=5, z_dim=3)
     e, h = torch.randn(6, 4), torch.randn(6, 5)
-    mean, std = block(e, h)
-    step_mean, step_std = block.step(block.precompute(e), h)
+    if getattr(block, "reads_future", False):  # q at t reads the frames after t: whole sequences
+        e, h = e.view(2, 3, 4), h.view(2, 3, 5)
+        mean, std = (x.flatten(0, 1) for x in block(e, h))
+        step_mean, step_std = block.step(block.precompute(e.transpose(0, 1)).transpose(0, 1).flatten(0, 1), h.flatten(0, 1))
+    else:
+        mean, std = block(e, h)
+        step_mean, step_std = block.step(block.precompute(e), h)
     assert mean.shape == (6, 3) and (std > 0).all()
     torch.testing.assert_close(step_mean, mean)
     torch.testing.assert_close(step_std, std)

@@ -21,6 +21,11 @@ Posterior and RecurrentCell split their work in two so that the model can keep t
 short: ``precompute`` runs once over the features of every frame before the loop, ``step``
 runs at each time step. Their defaults (identity, then ``forward``) let a plug-in implement
 only ``forward``.
+
+A posterior that also reads the frames after step t (a smoothing one, ``blocks/smoothing.py``)
+sets ``reads_future = True``: the model then calls ``precompute(e, mask)`` with the step mask
+(T, B) (None: every step observed) so that it reads no padding, and ``forward(e, h, mask)``
+with whole batch-first sequences; it has no one-step form (``VRNN.filter_step``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from torch import Tensor, nn
 class Posterior(nn.Module):
     """q(z_t | x_t, h_{t-1}): a diagonal Gaussian over z from frame features e_t and h_{t-1}."""
 
+    reads_future: bool = False
+    """Whether q at step t reads the frames after t (see the module docstring)."""
+
     def forward(self, e: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
@@ -42,6 +50,15 @@ class Posterior(nn.Module):
     def step(self, pre: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, std) at one step, from ``precompute(e)[t]`` and h_{t-1}."""
         return self(pre, h)
+
+
+def posterior_inputs(posterior: nn.Module, e: Tensor, mask: Tensor | None) -> Tensor:
+    """``posterior.precompute`` over time-major frame features ``e`` (T, B, E), given the
+    batch-first step ``mask`` (B, T) (None: every step observed) when it ``reads_future``;
+    a posterior that reads step t's frame only never needs the mask."""
+    if getattr(posterior, "reads_future", False):
+        return posterior.precompute(e, None if mask is None else mask.transpose(0, 1))
+    return posterior.precompute(e)
 
 
 class RecurrentCell(nn.Module):

@@ -44,7 +44,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("encoder", MODEL, "Encoder block (auto: conv for images, mlp for vectors).", {}),
     ("decoder", MODEL, "Decoder block (auto: convT for images, mlp for vectors).", {}),
     ("prior", MODEL, "Prior block (standard-normal is VRNN-I).", {}),
-    ("posterior", MODEL, "Posterior block.", {}),
+    ("posterior", MODEL, "Posterior block: mlp (filtering) or smoothing (also reads the frames after t).", {}),
     ("rnn", MODEL, "Recurrence.", {}),
     ("likelihood", MODEL, "Likelihood.", {}),
     ("h_dim", MODEL, "Recurrent state size.", {"min": 1}),

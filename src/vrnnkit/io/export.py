@@ -6,6 +6,9 @@ deterministic:
     OUT.onnx         the generative step  (state, noise) -> (params, frame, next_state)
     OUT.filter.onnx  the filtering step   (frame, state, noise) -> (next_state, z)
 
+(A model whose posterior reads later frames, ``posterior = "smoothing"``, has no filtering
+step: its ONNX export is refused; ``pt2`` and ``safetensors`` work.)
+
 ``state`` is the model's carried state (B, ``state_size(model)``): the recurrent state, then the
 last frame (``frame_difference`` models) and the skip reference (skip decoders), flattened;
 zeros at the start of a sequence. ``noise`` is standard
@@ -116,6 +119,12 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
     out = Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and getattr(model.posterior, "reads_future", False):
+        raise ConfigError(
+            f"ONNX export writes a one-step filtering graph ({filter_path(out).name}), and this model's posterior "
+            f"({model.config.posterior}) reads the frames after each step, so it has none; export --format pt2 "
+            "(the generative step) or safetensors, or train with the filtering posterior (posterior = \"mlp\")"
+        )
     for path in (out, filter_path(out)) if fmt == "onnx" else (out,):
         problem = output_problem(path)
         if problem:

@@ -11,7 +11,9 @@ each choice gained is measured in docs/performance.md.
 
 It computes exactly what ``VRNN.filter`` computes with autograd for these blocks; the tests
 compare both, gradients included. ``fused_filter_supported`` says when it applies: an ``mlp``
-posterior with ReLU activations, a one-layer ``gru``, no dropout active in either, no autocast.
+posterior (or a ``smoothing`` one: the same step on a wider precomputed input, whose backward
+summary runs before the loop and takes its gradient through autograd) with ReLU activations, a
+one-layer ``gru``, no dropout active in either, no autocast.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from vrnnkit.blocks.layers import has_active_dropout
 from vrnnkit.blocks.mlp import MLPPosterior
 from vrnnkit.blocks.rnn import GRU
+from vrnnkit.blocks.smoothing import SmoothingPosterior
 
 Resampler = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor], "Tensor | None"]
 """``(t, h_prev, mean, std, z, f) -> rows or None``: a particle filter's resampling hook."""
@@ -33,7 +36,7 @@ Resampler = Callable[[int, Tensor, Tensor, Tensor, Tensor, Tensor], "Tensor | No
 def fused_filter_supported(posterior: nn.Module, rnn: nn.Module, phi_z: nn.Module) -> bool:
     """Whether ``fused_filter`` computes the loop of these blocks."""
     return (
-        type(posterior) is MLPPosterior
+        type(posterior) in (MLPPosterior, SmoothingPosterior)
         and isinstance(posterior.act, nn.ReLU)
         and all(isinstance(m, (nn.Linear, nn.ReLU, nn.Dropout)) for m in posterior.body)
         and type(rnn) is GRU

@@ -78,7 +78,7 @@ def elbo_output(
     ``free_bits``; ``elbo`` holds each sequence's ELBO (KL not floored)."""
     batch, steps = x.shape[:2]
     features, maps = model.encode(x)
-    filtered = model.filter(features, model.noise(steps, batch, x, generator))
+    filtered = model.filter(features, model.noise(steps, batch, x, generator), mask=step_mask)
     nll = -model.log_prob_frames(x, filtered, model.references(maps, steps))
     mean_p, std_p = model.prior_params(filtered.h)
     kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
@@ -129,7 +129,7 @@ def particle_output(
     batch, steps = x.shape[:2]
     surrogate = None
     if objective == "iwae":
-        features, filtered, reference = _iwae_paths(model, x, particles, generator)
+        features, filtered, reference = _iwae_paths(model, x, step_mask, particles, generator)
         terms = _path_terms(model, x, filtered, reference, step_mask, particles)
         log_w = (terms[0] + latent_weight * (terms[1] - terms[2])).sum(1).view(particles, batch)
         bound = torch.logsumexp(log_w, 0) - math.log(particles)
@@ -189,19 +189,19 @@ def _iwae_terms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """log p(x_t | .), log p(z_t | .), log q(z_t | .) of ``particles`` independent paths per
     sequence, each (particles * B, T), zero at padded steps."""
-    _, filtered, reference = _iwae_paths(model, x, particles, generator, encoded=encoded)
+    _, filtered, reference = _iwae_paths(model, x, step_mask, particles, generator, encoded=encoded)
     return _path_terms(model, x, filtered, reference, step_mask, particles)
 
 
 def _iwae_paths(
-    model: VRNN, x: Tensor, particles: int, generator: torch.Generator | None,
+    model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, generator: torch.Generator | None,
     *, encoded: tuple[Tensor, list[Tensor] | None] | None = None,
 ) -> tuple[Tensor, Filtered, list[Tensor] | None]:
     """The frame features (B, T, E), ``particles`` independent filtered paths per sequence and
     the skip references."""
     batch, steps = x.shape[:2]
     features, maps = encoded if encoded is not None else model.encode(x)
-    filtered = model.filter(features, model.noise(steps, particles * batch, x, generator), particles=particles)
+    filtered = model.filter(features, model.noise(steps, particles * batch, x, generator), particles=particles, mask=step_mask)
     return features, filtered, model.references(maps, steps)
 
 
@@ -211,11 +211,16 @@ def _dreg_surrogate(
 ) -> Tensor:
     """The scalar whose gradient is the doubly reparameterised IWAE gradient of the posterior's
     own parameters (module docstring): log q again, over all steps at once, with those
-    parameters detached and the recurrent state and frame features live."""
+    parameters detached and the recurrent state and frame features live. A posterior that
+    reads later frames (``reads_future``) takes whole sequences and their mask."""
     particles = log_w.shape[0]
     fixed = {name: p.detach() for name, p in model.posterior.named_parameters()}
-    e, h = _repeat(features, particles).flatten(0, 1), filtered.h.flatten(0, 1)
-    mean, std = torch.func.functional_call(model.posterior, fixed, (e, h))
+    if getattr(model.posterior, "reads_future", False):
+        rows_mask = None if step_mask is None else step_mask.repeat(particles, 1)
+        arguments: tuple[Any, ...] = (_repeat(features, particles), filtered.h, rows_mask)
+    else:
+        arguments = (_repeat(features, particles).flatten(0, 1), filtered.h.flatten(0, 1))
+    mean, std = torch.func.functional_call(model.posterior, fixed, arguments)
     log_q = normal_log_prob(filtered.z, mean.view_as(filtered.z), std.view_as(filtered.z)).sum(-1)
     if step_mask is not None:
         log_q = masked(log_q, step_mask.repeat(particles, 1))
@@ -283,7 +288,7 @@ def _fivo(
     xs = _repeat(x, particles)
     hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms)
     with _scoring(model.prior, model.decoder):
-        filtered = model.filter(features, noise, particles=particles, resample=hook)
+        filtered = model.filter(features, noise, particles=particles, resample=hook, mask=step_mask)
     terms = _path_terms(model, x, filtered, reference, step_mask, particles, xs=xs)
     log_alpha = (terms[0] + latent_weight * (terms[1] - terms[2])).view(particles, batch, steps)
     return _bound(log_alpha, hook.events), terms

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import vrnnkit.model.inputs as inputs
 import vrnnkit.model.skips as skips
+from vrnnkit.blocks.base import posterior_inputs
 from vrnnkit.blocks.distributions import randn
 from vrnnkit.errors import ConfigError, check_counts
 from vrnnkit.model.config import VRNNConfig
@@ -206,18 +207,19 @@ class VRNN(nn.Module):
 
     def filter(
         self, features: Tensor, noise: Tensor, state: Tensor | None = None, *, particles: int = 1, resample: Resampler | None = None,
-    ) -> Filtered:
+        mask: Tensor | None = None) -> Filtered:
         """Run q over frame features (B, T, E) (``encode``) with posterior noise (T, particles * B, Z)
         (``noise``) from ``state`` (None: the recurrence's initial state): the time loop, for
         ``particles`` latent paths per sequence (rows particle-major), with ``resample`` a
-        particle filter's hook (``vrnnkit.model.fused.fused_filter``). Returns every step's
+        particle filter's hook (``vrnnkit.model.fused.fused_filter``); ``mask`` (B, T) the observed
+        steps, read by a posterior that reads later frames (a smoothing one). Returns every step's
         h_{t-1}, posterior mean and std, z_t and phi_z(z_t), and the final state."""
         batch, steps = features.shape[0] * particles, features.shape[1]
         time_major = features.transpose(0, 1)
         if state is None:
             state = self.rnn.initial_state(batch, device=features.device, dtype=features.dtype)
         # The parts that depend on the frames only, once per sequence, then shared by the paths.
-        posterior_in, rnn_in = self.posterior.precompute(time_major), self.rnn.precompute(time_major)
+        posterior_in, rnn_in = posterior_inputs(self.posterior, time_major, mask), self.rnn.precompute(time_major)
         if particles > 1:
             posterior_in, rnn_in = posterior_in.repeat(1, particles, 1), rnn_in.repeat(1, particles, 1)
         if self.fused_loop and self._compiled_step is None and fused_filter_supported(self.posterior, self.rnn, self.phi_z):

@@ -40,7 +40,7 @@ MODEL_OPTIONS = {
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
 LR_SCHEDULES = ("constant", "cosine")
-DROPOUT_BLOCKS = ("mlp", "gru", "lstm")
+DROPOUT_BLOCKS = ("mlp", "smoothing", "gru", "lstm")
 """The blocks ``dropout`` (``--dropout``) applies to."""
 BLOCK_OPTIONS = "block_options"
 """The flat option holding each block's own options: ``{kind: {name: value}}``."""
