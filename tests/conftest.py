@@ -10,6 +10,17 @@ MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 JSB_FILE = ROOT.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where PyTorch sees a CUDA GPU; elsewhere they are
+    skipped with the reason (``python -m pytest -m cuda`` runs just them on a GPU machine)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seeded() -> None:
     torch.manual_seed(0)

@@ -115,7 +115,10 @@ def filter_path(out: Path) -> Path:
 
 
 def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps: int = 10, tolerance: float = 1e-4, seed: int = 0) -> dict[str, Any]:
-    """Export ``model`` to ``out`` in format ``fmt``; returns what was written and checked."""
+    """Export ``model`` to ``out`` in format ``fmt``; returns what was written and checked.
+
+    A model on a GPU is exported from a CPU copy of itself: the files are the ones its CPU
+    twin would give, and the model stays on its device."""
     out = Path(out)
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -129,7 +132,7 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
         problem = output_problem(path)
         if problem:
             raise ConfigError(f"cannot write {path}: {problem}")
-    model = model.eval()
+    model = _on_cpu(model.eval())
     if fmt == "safetensors":
         from vrnnkit.io.checkpoint import save
 
@@ -144,6 +147,18 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
             torch.export.save(program, tmp)
         return {"format": fmt, "files": [str(out)], "graph": "generative step (state, noise) -> (params, frame, next_state)"}
     return _export_onnx(model, out, steps, tolerance, seed)
+
+
+def _on_cpu(model: VRNN) -> VRNN:
+    """``model`` itself when it is on the CPU, else a CPU copy of it (same config, same
+    weights): files are written from the CPU whatever device the model is on, so the graphs
+    and the parity check are the same, and the caller's model stays where it is."""
+    tensors = model.state_dict()
+    if all(tensor.device.type == "cpu" for tensor in tensors.values()):
+        return model
+    copy = VRNN(model.config)
+    copy.load_state_dict({name: tensor.detach().cpu() for name, tensor in tensors.items()})
+    return copy.eval()
 
 
 @contextlib.contextmanager
