@@ -41,6 +41,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     partial one: the temporary file is flushed to disk, then renamed over the target, and
     removed on any error. An OS error (of the writer in the block too) raises WriteError."""
     target = Path(path)
+    with atomic_paths(target) as (tmp,), reported_as(target, tmp):
+        yield tmp
+
+
+@contextmanager
+def atomic_paths(*paths: str | os.PathLike[str]) -> Iterator[list[Path]]:
+    """``atomic_path`` for several files written as one: a temporary file for each, made in
+    the order given, and renamed over its target in that order once the block has written them
+    all; an error anywhere removes every temporary file and replaces nothing. (The block's own
+    errors are its to name: ``reported_as`` each file's writer.)"""
+    targets = [Path(path) for path in paths]
+    temporary: list[Path] = []
+    try:
+        for target in targets:
+            temporary.append(_temporary(target))
+        yield temporary
+        for target, tmp in zip(targets, temporary, strict=True):
+            with reported_as(target, tmp):
+                # mkstemp (and some writers) make the file private; give it a normal file's mode.
+                os.chmod(tmp, 0o666 & ~_umask())
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, target)
+    finally:
+        for tmp in temporary:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    for folder in dict.fromkeys(target.parent for target in targets):
+        fsync_directory(folder)
+
+
+def _temporary(target: Path) -> Path:
+    """An empty temporary file beside ``target``, named after it: ``.NAME.XXXX.tmp.EXT``."""
     if target.is_dir():  # os.replace would fail only after the whole file was written
         raise WriteError(target, errno.EISDIR)
     try:
@@ -49,19 +82,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.close(fd)
     except OSError as error:
         raise WriteError(target, error.errno) from error
-    tmp = Path(tmp_name)
-    try:
-        with reported_as(target, tmp):
-            yield tmp
-            # mkstemp (and some writers) make the file private; give it a normal file's mode.
-            os.chmod(tmp, 0o666 & ~_umask())
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    fsync_directory(target.parent)
+    return Path(tmp_name)
 
 
 @contextmanager

@@ -33,7 +33,14 @@ from safetensors.torch import save_file
 
 from vrnnkit.data.music import NoteRange
 from vrnnkit.errors import CheckpointError, ConfigError, TrainingError, WriteError, WriteWarning
-from vrnnkit.io.atomic import append_bytes, atomic_path, reported_as, truncate, write_json
+from vrnnkit.io.atomic import (
+    append_bytes,
+    atomic_path,
+    atomic_paths,
+    reported_as,
+    truncate,
+    write_json,
+)
 from vrnnkit.io.checkpoint import write_checkpoint
 from vrnnkit.model import VRNN
 from vrnnkit.model.config import VRNNConfig
@@ -132,14 +139,14 @@ class RunFolder:
         copies = [self.run_dir / "checkpoints" / f"step-{step:08d}.safetensors"] if self.config.keep > 0 else []
         if val_loss is not None and val_loss == best and best < self.best:
             copies.append(self.run_dir / "best.safetensors")
+        trainer, latest, line_start = self.run_dir / "trainer.safetensors", self.run_dir / "model.safetensors", None
         try:
-            with contextlib.ExitStack() as files:
-                trainer, latest = self.run_dir / "trainer.safetensors", self.run_dir / "model.safetensors"
-                if copies and self.config.keep > 0:
-                    with reported_as(copies[0].parent):
-                        copies[0].parent.mkdir(exist_ok=True)
-                # Entered last, replaced first: the trainer state, then the model, then its copies.
-                tmp = {path: files.enter_context(atomic_path(path)) for path in reversed([trainer, latest, *copies])}
+            if self.config.keep > 0:
+                with reported_as(self.run_dir / "checkpoints"):
+                    (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            # Replaced in this order once all are written: the trainer state, the model, its copies.
+            with atomic_paths(trainer, latest, *copies) as temporary:
+                tmp = dict(zip([trainer, latest, *copies], temporary, strict=True))
                 with reported_as(trainer, tmp[trainer]):
                     save_trainer(tmp[trainer], model, optimizer, noise_states, step, epoch, best, self.world,
                                  average=published if published is not model else None, averaged_steps=averaged_steps)
@@ -151,12 +158,9 @@ class RunFolder:
                 # The metrics line before the files are replaced: a crash between the two leaves
                 # a line past the checkpoint, which resuming removes; the other order could lose one.
                 line_start = append_jsonl(self.run_dir / "metrics.jsonl", metrics)
-                try:
-                    files.close()
-                except BaseException:
-                    truncate(self.run_dir / "metrics.jsonl", line_start)
-                    raise
         except WriteError as error:
+            if line_start is not None:
+                truncate(self.run_dir / "metrics.jsonl", line_start)
             raise self._save_failed(step, error) from None
         self.saved_step, self.best = step, best
         if self.config.keep > 0:
