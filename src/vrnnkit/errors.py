@@ -43,6 +43,7 @@ _WRITE_CAUSES = {
     errno.EPERM: ("permission denied", "write to another folder, or make this one writable"),
     errno.EISDIR: ("it is a folder, not a file", "move the folder away or choose another name"),
     errno.ENOTDIR: ("a part of its path is a file, not a folder", "choose another path"),
+    errno.EEXIST: ("a file is in the way where a folder is needed", "move the file away or choose another path"),
     errno.ENOENT: ("its folder does not exist (was it moved or deleted?)", "create the folder or choose another path"),
     errno.EIO: ("an input/output error (the disk may be failing or disconnected)", "check the disk"),
 }

@@ -35,10 +35,10 @@ from vrnnkit.data.music import NoteRange
 from vrnnkit.errors import CheckpointError, ConfigError, TrainingError, WriteError, WriteWarning
 from vrnnkit.io.atomic import (
     append_bytes,
-    atomic_path,
     atomic_paths,
     reported_as,
     truncate,
+    write_bytes,
     write_json,
 )
 from vrnnkit.io.checkpoint import write_checkpoint
@@ -65,20 +65,10 @@ class RunFolder:
         self.saved_step = 0
         self.best = math.inf
 
-    def resume_command(self) -> str:
-        again = f" --nproc {self.world.size}" if self.world.size > 1 else ""
-        return f"vrnnkit train --resume {self.run_dir}{again}"
-
     def stopped(self, error: WriteError) -> TrainingError:
         """A write outside a save failed (the folder, config.json): the run stops, and says
         what is safe and how to go on."""
-        if not self.saved_step:
-            return TrainingError(f"cannot write {error.path}: {error.cause}. Nothing was trained; "
-                                 f"{error.fix}, then run the command again")
-        return TrainingError(
-            f"cannot write {error.path}: {error.cause}. Training stopped; the checkpoint of step {self.saved_step} in "
-            f"{self.run_dir} is intact. {_sentence(error.fix)}, then continue with: {self.resume_command()}"
-        )
+        return stopped_by(error, self.run_dir, self.saved_step, self.world.size)
 
     def start(self) -> None:
         """A new run: the folder, without metrics of an earlier attempt."""
@@ -173,7 +163,8 @@ class RunFolder:
         since = f"steps {self.saved_step + 1}-{step} are" if step > self.saved_step + 1 else f"step {step} is"
         kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step
                 else "no checkpoint had been saved yet")
-        then = (f"{_sentence(error.fix)}, then continue with: {self.resume_command()}" if self.saved_step
+        then = (f"{_sentence(error.fix)}, then continue with: {resume_command(self.run_dir, self.world.size)}"
+                if self.saved_step
                 else f"{_sentence(error.fix)}, then run the command again")
         return TrainingError(
             f"could not save step {step} in {self.run_dir}: cannot write {error.path}: {error.cause}. "
@@ -193,6 +184,35 @@ class RunFolder:
             cause = error.cause if isinstance(error, WriteError) else str(error)
             warnings.warn(f"trained and saved step {step} in {self.run_dir}, but could not write samples.gif: {cause}",
                           WriteWarning, stacklevel=2)
+
+
+def resume_command(run_dir: Path, world_size: int = 1) -> str:
+    again = f" --nproc {world_size}" if world_size > 1 else ""
+    return f"vrnnkit train --resume {run_dir}{again}"
+
+
+def stopped_by(error: WriteError, run_dir: Path, saved_step: int | None = None, world_size: int = 1) -> TrainingError:
+    """The message of a run that a failed write outside a save stopped (or kept from starting):
+    the file, the cause, the last good save (``saved_step``; read from the trainer state when
+    None) and the command that resumes from it."""
+    if saved_step is None:
+        saved_step = _saved_step(run_dir)
+    if not saved_step:
+        return TrainingError(f"cannot write {error.path}: {error.cause}. Nothing was trained; "
+                             f"{error.fix}, then run the command again")
+    return TrainingError(
+        f"cannot write {error.path}: {error.cause}. Training stopped; the checkpoint of step {saved_step} in "
+        f"{run_dir} is intact. {_sentence(error.fix)}, then continue with: {resume_command(run_dir, world_size)}"
+    )
+
+
+def _saved_step(run_dir: Path) -> int:
+    """The step of the trainer state in ``run_dir`` (its header alone), or 0."""
+    try:
+        with safe_open(str(run_dir / "trainer.safetensors"), framework="pt") as handle:
+            return int((handle.metadata() or {}).get("step", 0))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return 0
 
 
 def _sentence(phrase: str) -> str:
@@ -312,15 +332,17 @@ def repair_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    repaired = "".join(line + "\n" for line in kept)
+    if repaired != text:  # a file that needs no repair is not written (it may be on a full disk)
+        write_bytes(path, repaired.encode("utf-8"))
 
 
 def check_new_run(run_dir: Path) -> None:
