@@ -29,10 +29,10 @@ def create(run_dir: Path) -> TensorBoardTracker:
     try:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.summary.writer.record_writer import RecordWriter
-        from torch.utils.tensorboard.summary import image, scalar
+        from torch.utils.tensorboard import summary
     except ImportError:
         raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'vrnnkit[tensorboard]'") from None
-    return TensorBoardTracker(run_dir / FOLDER, _Summaries(Event, RecordWriter, scalar, image))
+    return TensorBoardTracker(run_dir / FOLDER, _Summaries(Event, RecordWriter, summary.scalar, summary.image))
 
 
 class _Summaries:
