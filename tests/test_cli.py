@@ -86,7 +86,7 @@ def test_data_command_reports_a_full_disk_and_leaves_no_partial_file(tmp_path, m
     monkeypatch.setattr(numpy.lib.format, "open_memmap", disk_full)
     result = runner.invoke(app, ["data", "bouncing-balls", "--out", str(tmp_path / "balls.npy"), "--count", "2"])
     assert result.exit_code == 1
-    assert "No space left on device" in result.output
+    assert f"cannot write {tmp_path / 'balls.npy'}: no space left on the device" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,7 +8,14 @@
 
 from vrnnkit._version import __version__
 from vrnnkit.api import evaluate, generate_dataset, predict, predict_file, sample, train
-from vrnnkit.errors import CheckpointError, ConfigError, DataError, RegistryError, VRNNKitError
+from vrnnkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    RegistryError,
+    VRNNKitError,
+    WriteError,
+)
 from vrnnkit.io.checkpoint import load, read_metadata, save
 from vrnnkit.model import VRNN, VRNNConfig, VRNNOutput
 from vrnnkit.registry import build, list_blocks, register
@@ -22,6 +29,7 @@ __all__ = [
     "VRNNConfig",
     "VRNNKitError",
     "VRNNOutput",
+    "WriteError",
     "__version__",
     "build",
     "evaluate",

@@ -6,6 +6,7 @@ expected. The command line turns them into a short message and an exit code, nev
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import warnings
@@ -29,6 +30,63 @@ class TrainingError(RunError):
 class DownloadError(RunError):
     """A data set could not be downloaded: no network, a server error, a broken-off transfer,
     or a file whose checksum is not the expected one."""
+
+
+# What an OS error means for a file being written, and what to do about it: (cause, fix).
+_WRITE_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", "free some space"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or raise the quota"),
+    errno.EFBIG: ("the file is larger than the file system or the file-size limit (ulimit -f) allows",
+                  "raise the limit or write to another file system"),
+    errno.EROFS: ("the file system is read-only", "write to another folder, or make this one writable"),
+    errno.EACCES: ("permission denied", "write to another folder, or make this one writable"),
+    errno.EPERM: ("permission denied", "write to another folder, or make this one writable"),
+    errno.EISDIR: ("it is a folder, not a file", "move the folder away or choose another name"),
+    errno.ENOTDIR: ("a part of its path is a file, not a folder", "choose another path"),
+    errno.EEXIST: ("a file is in the way where a folder is needed", "move the file away or choose another path"),
+    errno.ENOENT: ("its folder does not exist (was it moved or deleted?)", "create the folder or choose another path"),
+    errno.EIO: ("an input/output error (the disk may be failing or disconnected)", "check the disk"),
+}
+SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""The errors of a file system that has no room for a file: free space (or a larger limit) fixes them."""
+
+
+class WriteError(RunError, OSError):
+    """A file could not be written: no space left, a read-only file system, no permission, a
+    folder where the file should be. Nothing half-written is left: the previous file, if there
+    was one, is intact. ``path`` is the file, ``cause`` what went wrong in words (``detail``
+    adds to it), ``fix`` what to do (a phrase: "free some space"); ``errno`` the OS error number.
+
+    It is an ``OSError`` too, so code that catches OS errors around a write still catches it."""
+
+    def __init__(self, path: os.PathLike[str] | str, code: int | None, *, detail: str | None = None,
+                 fix: str | None = None) -> None:
+        known_cause, known_fix = _WRITE_CAUSES.get(code or -1, (None, "check the disk and the folder"))
+        cause = known_cause or (os.strerror(code).lower() if code else "the write failed")
+        self.path, self.detail, self.fix = Path(path), detail, fix or known_fix
+        self.cause = cause + (f" ({detail})" if detail else "")
+        super().__init__(f"cannot write {path}: {self.cause}. Nothing was written; {self.fix}, then try again")
+        self.errno, self.strerror, self.filename = code, cause, str(path)
+
+    def __str__(self) -> str:  # OSError would print "[Errno 28] ..." from its attributes
+        return str(self.args[0])
+
+    def __reduce__(self) -> Any:  # picklable with its own arguments (OSError's would not fit them)
+        return (_rebuild_write_error, (str(self.path), self.errno, self.detail, self.fix))
+
+    @property
+    def out_of_space(self) -> bool:
+        """Whether freeing space (or raising a size limit) fixes it."""
+        return self.errno in SPACE_ERRORS
+
+
+def _rebuild_write_error(path: str, code: int | None, detail: str | None, fix: str) -> WriteError:
+    return WriteError(path, code, detail=detail, fix=fix)
+
+
+class WriteWarning(UserWarning):
+    """An optional file (a sample GIF, TensorBoard events, a decode cache) could not be written;
+    the work goes on without it."""
 
 
 class ConfigError(VRNNKitError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -15,7 +16,7 @@ from vrnnkit.data.clips import is_clip_folder, read_clips
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.frames import parse_size
 from vrnnkit.data.sources import generate_chunks, generate_dataset
-from vrnnkit.errors import ConfigError, output_problem
+from vrnnkit.errors import ConfigError, WriteError, output_problem
 from vrnnkit.io.atomic import atomic_path
 from vrnnkit.resources.budget import format_bytes
 
@@ -118,13 +119,12 @@ def convert_folder(
 
 
 def _check_disk(out: Path, needed: int) -> None:
-    """Refuse (ConfigError) a file of ``needed`` bytes that the disk holding ``out`` has no room for."""
+    """Refuse (WriteError, before any work) a file of ``needed`` bytes that the disk holding
+    ``out`` has no room for."""
     free = shutil.disk_usage(out.parent).free
     if needed > free:
-        raise ConfigError(
-            f"cannot write {out}: {format_bytes(needed)} of sequences, and its folder's disk has "
-            f"{format_bytes(free)} free"
-        )
+        raise WriteError(out, errno.ENOSPC, detail=f"{format_bytes(needed)} of sequences, and its folder's disk has "
+                                                   f"{format_bytes(free)} free")
 
 
 def _check_npy_output(out: str | os.PathLike[str]) -> Path:

@@ -73,14 +73,12 @@ def write_rolls(path: Path, rolls: Tensor, note_range: NoteRange, *, steps_per_b
     if path.suffix.lower() == ".png":
         gap = np.zeros((2, note_range.dims), np.float32)
         joined = np.concatenate([part for roll in arrays for part in (roll, gap)][:-1])
-        with atomic_path(path) as tmp:
-            plot_piano_roll(joined, tmp, note_range=note_range, steps_per_beat=steps_per_beat,
-                            title=f"{len(arrays)} piano roll(s) of {arrays[0].shape[0]} steps")
+        plot_piano_roll(joined, path, note_range=note_range, steps_per_beat=steps_per_beat,
+                        title=f"{len(arrays)} piano roll(s) of {arrays[0].shape[0]} steps")
         return [path]
     paths = [path] if len(arrays) == 1 else [path.with_name(f"{path.stem}-{i + 1}{path.suffix}") for i in range(len(arrays))]
     for roll, out in zip(arrays, paths, strict=True):
-        with atomic_path(out) as tmp:
-            write_midi(roll, tmp, steps_per_beat=steps_per_beat, note_range=note_range)
+        write_midi(roll, out, steps_per_beat=steps_per_beat, note_range=note_range)
     return paths
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vrnnkit.errors import WriteError
 from vrnnkit.resources.budget import out_of_memory
 from vrnnkit.tracking import check_tracker, open_tracker
 from vrnnkit.training import loop
@@ -20,7 +21,7 @@ from vrnnkit.training.distributed import (
     process_group,
 )
 from vrnnkit.training.lock import run_lock
-from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir
+from vrnnkit.training.run_dir import check_new_run, link_latest, new_run_dir, stopped_by
 
 
 def train(
@@ -58,7 +59,7 @@ def train(
         if resume is None:
             check_new_run(run_dir)
         # Rank 0 alone writes the run folder, so it alone holds the lock.
-        with run_lock(run_dir) if world.is_main else contextlib.nullcontext():
+        with _locked(run_dir, resume is not None) if world.is_main else contextlib.nullcontext():
             tracker = open_tracker(log, run_dir) if log is not None and world.is_main else None
             try:
                 result = loop.train(train_config, run_dir, resume=resume is not None, on_log=on_log, on_step=on_step,
@@ -75,6 +76,20 @@ def train(
         if not result.interrupted:
             note_finished(result.step, world)
         return result
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, resuming: bool) -> Iterator[None]:
+    """``run_lock``; a lock file that cannot be written (a read-only folder) on a resume says
+    which save is intact and how to resume once the folder is writable."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_lock(run_dir))
+        except WriteError as error:
+            if not resuming:
+                raise
+            raise stopped_by(error, run_dir) from None
+        yield
 
 
 def _run_dir(out: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None, world: World) -> Path:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from vrnnkit._version import __version__
-from vrnnkit.errors import RunError, VRNNKitError
+from vrnnkit.errors import RunError, VRNNKitError, WriteWarning
 from vrnnkit.resources.budget import memory_message, out_of_memory
 from vrnnkit.resources.threads import choose_threads
 
@@ -83,7 +83,9 @@ def _os_error_message(error: OSError) -> str:
 
 
 def _note(message: Warning | str, *args: Any, **kwargs: Any) -> None:
-    errors.print(f"note: {message}", highlight=False, soft_wrap=True)
+    # An optional file that could not be written (samples, TensorBoard) is a warning; the rest notes.
+    kind = "warning" if isinstance(message, WriteWarning) else "note"
+    errors.print(f"{kind}: {message}", highlight=False, soft_wrap=True)
 
 
 def _error(message: str) -> None:

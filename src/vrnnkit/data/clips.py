@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vrnnkit.data.catalog import cache_root
+from vrnnkit.data.catalog import DATA_ENV, cache_root
 from vrnnkit.data.datasets import train_val_split
 from vrnnkit.data.files import open_sequences
 from vrnnkit.data.frames import format_size
 from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.data.video import read_video
-from vrnnkit.errors import DataError
+from vrnnkit.errors import DataError, WriteError, WriteWarning
 from vrnnkit.io.atomic import atomic_path
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".gif")
@@ -196,13 +196,27 @@ def _read_clip(path: Path, size: tuple[int, int] | None, grey: bool | None, cach
             pass  # a damaged cache entry: decode again and replace it
     video = read_video(path, grey=grey, size=size)
     if entry is not None:
-        try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(entry) as tmp:
-                np.save(tmp, video)
-        except OSError:
-            pass  # a cache that cannot be written only costs decoding again next time
+        _write_cache(entry, video)
     return [video]
+
+
+_CACHE_WARNED: set[Path] = set()
+
+
+def _write_cache(entry: Path, video: np.ndarray) -> None:
+    """Keep the decoded frames for the next reading. A cache that cannot be written (a full
+    disk) only costs decoding again: one warning per cache folder, and the reading goes on."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(entry) as tmp:
+            np.save(tmp, video)
+    except OSError as failure:  # a WriteError, or the folders' own
+        error = failure if isinstance(failure, WriteError) else WriteError(failure.filename or entry.parent, failure.errno)
+        if entry.parent not in _CACHE_WARNED:
+            _CACHE_WARNED.add(entry.parent)
+            warnings.warn(f"cannot write the decode cache {error.path}: {error.cause}; the clips are decoded again "
+                          f"next time ({error.fix}, or set {DATA_ENV}=PATH for another cache folder)",
+                          WriteWarning, stacklevel=2)
 
 
 def _read_npy_clips(path: Path, size: tuple[int, int] | None, grey: bool | None) -> list[np.ndarray]:

@@ -7,18 +7,20 @@ A file is written as ``.<name>.part`` beside its final name and renamed only onc
 content has the expected checksum: the cache never holds a partial or corrupt file under the
 real name. A transfer that breaks off leaves the ``.part`` file, and the next attempt asks
 the server for the rest (an HTTP range request); a server that answers with the whole file
-instead restarts it from the first byte. A file that fails its checksum is deleted.
+instead restarts it from the first byte. A file that fails its checksum is deleted, and so is
+the ``.part`` file of a write that fails (a full disk: ``WriteError``, nothing left behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -32,8 +34,9 @@ from vrnnkit.data.catalog import (
     RemoteFile,
     get_dataset,
 )
-from vrnnkit.errors import ConfigError, DownloadError
+from vrnnkit.errors import ConfigError, DownloadError, WriteError
 from vrnnkit.io.atomic import fsync_directory as _fsync_directory
+from vrnnkit.io.atomic import reported_as
 
 Progress = Callable[[str, int, "int | None"], None]
 """``on_progress(file name, bytes so far, total bytes or None)``."""
@@ -88,8 +91,7 @@ def check_writable(folder: Path) -> None:
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"cannot use the data cache {folder}: a file is in the way of the folder; {how}") from None
     except OSError as error:
-        reason = error.strerror or str(error)
-        raise ConfigError(f"cannot write to the data cache {folder}: {reason}; {how}") from None
+        raise WriteError(folder, error.errno, fix=how) from None
 
 
 def download_file(dataset: Dataset, file: RemoteFile, folder: Path, on_progress: Progress) -> Path:
@@ -104,9 +106,10 @@ def download_file(dataset: Dataset, file: RemoteFile, folder: Path, on_progress:
             f"{url}: the downloaded file does not have the expected SHA-256 ({file.sha256[:16]}...), so it was "
             f"not kept (the server or a proxy sent other content). {_by_hand(url, target)}"
         )
-    with open(part, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(part, target)
+    with _removed_on_failure(part), reported_as(target, part):
+        with open(part, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(part, target)
     _fsync_directory(folder)
     return target
 
@@ -136,8 +139,8 @@ def _transfer(url: str, part: Path, file: RemoteFile, on_progress: Progress) -> 
             return _transfer(url, part, file, on_progress)
         raise DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}. {_by_hand(url, part.parent / file.name)}") from None
     except (URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as error:
-        if isinstance(error, _DiskError):
-            raise DownloadError(str(error)) from None
+        if isinstance(error, WriteError):
+            raise
         reason = getattr(error, "reason", None) or error
         raise DownloadError(
             f"cannot download {url}: the transfer failed after {offset + received:,} bytes ({_words(reason)}); "
@@ -146,23 +149,39 @@ def _transfer(url: str, part: Path, file: RemoteFile, on_progress: Progress) -> 
     return None
 
 
-class _DiskError(OSError):
-    """Writing the downloaded bytes failed (full disk, permissions): not the network's fault."""
+def _disk_error(error: OSError, part: Path) -> WriteError:
+    """A write of the downloaded bytes that failed (a full disk): the part is removed, so
+    nothing is left behind, and the message names the file it was for."""
+    part.unlink(missing_ok=True)
+    target = part.with_name(part.name[1:].removesuffix(".part"))
+    return WriteError(target, error.errno, fix=f"free some space, or choose another folder with {DATA_ENV}=PATH")
+
+
+@contextlib.contextmanager
+def _removed_on_failure(part: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
+        raise
 
 
 def _open_part(part: Path, *, append: bool):
     try:
-        return open(part, "ab" if append else "wb")
+        # Unbuffered: a full disk is found by the write of a chunk, never by a flush at close.
+        return open(part, "ab" if append else "wb", buffering=0)
     except OSError as error:
-        raise _DiskError(f"cannot write {part}: {error.strerror or error}; choose another folder with {DATA_ENV}=PATH") from None
+        raise _disk_error(error, part) from None
 
 
 def _write(out, chunk: bytes, part: Path) -> None:
+    view = memoryview(chunk)
     try:
-        out.write(chunk)
+        while view:
+            view = view[out.write(view):]
     except OSError as error:
-        raise _DiskError(f"cannot write {part}: {error.strerror or error}; the part written so far is kept "
-                         "for the next attempt") from None
+        raise _disk_error(error, part) from None
 
 
 def _resumes(response: http.client.HTTPResponse, offset: int) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 
 from vrnnkit.data.checks import require_file
 from vrnnkit.errors import ConfigError, DataError
+from vrnnkit.io.atomic import atomic_path, write_bytes
 
 MIDI_INSTALL_HINT = "pip install 'vrnnkit[midi]'  (mido)"
 _MIDI_NOTES = range(128)
@@ -134,7 +135,7 @@ def save_piano_roll_json(
 ) -> None:
     """Write piano rolls as a note-list JSON file, ``{split: [sequence, ...]}``."""
     data = {name: [roll_to_notes(roll, note_range) for roll in rolls] for name, rolls in splits.items()}
-    Path(path).write_text(json.dumps(data), encoding="utf-8")
+    write_bytes(path, json.dumps(data).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------- MIDI
@@ -250,7 +251,8 @@ def write_midi(
         now = tick
     midi = mido.MidiFile(ticks_per_beat=ticks_per_beat)
     midi.tracks.append(track)
-    midi.save(str(path))
+    with atomic_path(path) as tmp:
+        midi.save(str(tmp))
 
 
 def plot_piano_roll(
@@ -293,8 +295,11 @@ def plot_piano_roll(
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=Path(path).suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(figure)
 
 
 def _check_rate(fps: float | None, steps_per_beat: float | None) -> float:

@@ -32,17 +32,26 @@ def save(model: VRNN, path: str | os.PathLike[str], metadata: Mapping[str, str] 
     """Write ``model`` to one ``.safetensors`` file at ``path``, atomically; return the path.
 
     ``metadata`` adds string entries to the file's header (for example the data's scaling);
-    ``read_metadata`` gives them back.
+    ``read_metadata`` gives them back. A write that fails (no space left, a read-only folder)
+    raises ``vrnnkit.errors.WriteError`` and leaves the file at ``path`` as it was.
     """
     target = Path(path)
+    if not target.parent.is_dir():
+        raise CheckpointError(f"cannot write checkpoint {target}: folder {target.parent} does not exist")
+    with atomic_path(target) as tmp:
+        write_checkpoint(model, tmp, metadata)
+    return target
+
+
+def write_checkpoint(model: VRNN, path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``model`` (and ``metadata``) to ``path`` as it is, not atomically: the writer of
+    ``save``, for a caller that writes several files as one (a run folder's save)."""
     extra = dict(metadata or {})
     for key, value in extra.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"checkpoint metadata must map strings to strings, got {key!r}: {value!r}")
         if key in _RESERVED:
             raise ValueError(f"checkpoint metadata key {key!r} is reserved by vrnnkit")
-    if not target.parent.is_dir():
-        raise CheckpointError(f"cannot write checkpoint {target}: folder {target.parent} does not exist")
     header = {
         **extra,
         "format": FORMAT_NAME,
@@ -51,12 +60,7 @@ def save(model: VRNN, path: str | os.PathLike[str], metadata: Mapping[str, str] 
         "config": model.config.to_json(),
     }
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    try:
-        with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
-    except OSError as error:
-        raise CheckpointError(f"cannot write checkpoint {target}: {error.strerror or error}") from None
-    return target
+    save_file(tensors, str(path), metadata=header)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

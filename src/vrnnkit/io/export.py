@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from vrnnkit.errors import ConfigError, RunError, output_problem
-from vrnnkit.io.atomic import atomic_path
+from vrnnkit.io.atomic import atomic_path, reported_as, write_bytes
 from vrnnkit.model import VRNN
 
 FORMATS = ("onnx", "safetensors", "pt2")
@@ -143,8 +143,12 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
         batch = torch.export.Dim("batch", min=1)
         with _quiet_exporter():
             program = torch.export.export(GenerativeStep(model), example, dynamic_shapes=tuple({0: batch} for _ in example))
-        with atomic_path(out) as tmp, _quiet_exporter():
-            torch.export.save(program, tmp)
+        # Serialized in memory, then written: torch's own file writer aborts the process
+        # when the disk fills up.
+        buffer = io.BytesIO()
+        with _quiet_exporter():
+            torch.export.save(program, buffer)
+        write_bytes(out, buffer.getvalue())
         return {"format": fmt, "files": [str(out)], "graph": "generative step (state, noise) -> (params, frame, next_state)"}
     return _export_onnx(model, out, steps, tolerance, seed)
 
@@ -205,7 +209,8 @@ def _export_onnx(model: VRNN, out: Path, steps: int, tolerance: float, seed: int
                 program.optimize()
             except Exception as error:  # the exporter's own failure, reported with its reason
                 raise ExportError(f"torch.onnx.export failed for {path.name}: {type(error).__name__}: {error}") from None
-            program.save(str(temporary[path]))
+            with reported_as(path, temporary[path]):  # a full disk names the file it stopped
+                program.save(str(temporary[path]))
         difference, drift = _parity(model, generative_tmp, filter_tmp, steps, seed)
         if difference > tolerance:
             raise ExportError(

@@ -8,7 +8,8 @@ Image clips ``(N, T, C, H, W)`` in [0, 1]:
 Vector sequences ``(N, T, D)``:
     .npy  the raw array;  .csv  one row per (clip, step);  .png  a line plot per clip
 
-Every file is written atomically: an error leaves no partial file behind.
+Every file is written atomically: an error (a full disk) leaves no partial file behind, and
+raises ``vrnnkit.errors.WriteError``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrnnkit.errors import ConfigError, output_problem
-from vrnnkit.io.atomic import atomic_path
+from vrnnkit.errors import ConfigError, WriteError, output_problem
+from vrnnkit.io.atomic import atomic_path, unknown_cause, write_bytes
 
 IMAGE_FORMATS = (".gif", ".png", ".mp4", ".npy")
 VECTOR_FORMATS = (".npy", ".csv", ".png")
@@ -54,6 +55,11 @@ def write_clips(path: Path, clips: torch.Tensor, borders: torch.Tensor | None = 
     image = clips.dim() == 5
     check_output(path, image=image)
     suffix = path.suffix.lower()
+    if image and suffix in (".gif", ".png"):
+        # Encoded in memory, then written: an image writer that meets a full disk would try
+        # again when it is collected, and print a traceback of its own.
+        write_bytes(path, _encode_image(suffix, clips.clamp(0, 1), borders))
+        return
     with atomic_path(path) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as handle:
@@ -61,28 +67,67 @@ def write_clips(path: Path, clips: torch.Tensor, borders: torch.Tensor | None = 
         elif not image:
             _write_vector(tmp, suffix, clips.numpy())
         else:
-            _write_image(tmp, suffix, clips.clamp(0, 1), borders)
+            _write_video(tmp, clips.clamp(0, 1), borders)
+            if not complete_mp4(tmp):  # ffmpeg does not report a failed write
+                raise WriteError(path, unknown_cause(tmp), detail="ffmpeg could not finish the video")
 
 
-def _write_image(tmp: Path, suffix: str, clips: torch.Tensor, borders: torch.Tensor | None) -> None:
-    import imageio.v3 as iio
-
+def _frames(clips: torch.Tensor, borders: torch.Tensor | None) -> list[list[torch.Tensor]]:
+    """The tiles of every clip and step, bordered."""
     n, steps = clips.shape[:2]
     if borders is None:
         borders = torch.tensor(BORDER_COLOUR).expand(n, steps, 3)
-    tiles = [[_tile(clips[i, t], borders[i, t]) for t in range(steps)] for i in range(n)]
+    return [[_tile(clips[i, t], borders[i, t]) for t in range(steps)] for i in range(n)]
+
+
+def _side_by_side(tiles: list[list[torch.Tensor]]) -> np.ndarray:
+    """(T, H, W, 3) uint8: each step's frames of every clip side by side."""
+    return np.stack([_to_uint8(torch.cat([row[t] for row in tiles], dim=1)) for t in range(len(tiles[0]))])
+
+
+def _encode_image(suffix: str, clips: torch.Tensor, borders: torch.Tensor | None) -> bytes:
+    import imageio.v3 as iio
+
+    tiles = _frames(clips, borders)
     if suffix == ".png":
         grid = torch.cat([torch.cat(row, dim=1) for row in tiles], dim=0)
-        iio.imwrite(tmp, _to_uint8(grid), extension=".png")
-        return
-    frames = np.stack([_to_uint8(torch.cat([tiles[i][t] for i in range(n)], dim=1)) for t in range(steps)])
-    if suffix == ".gif":
-        iio.imwrite(tmp, frames, extension=".gif", duration=FRAME_MS, loop=0)
-    else:
-        # H.264 in yuv420p wants even sizes; 16 avoids the encoder's own resizing.
-        pad_h, pad_w = (-frames.shape[1]) % 16, (-frames.shape[2]) % 16
-        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
-        iio.imwrite(tmp, frames, extension=".mp4", fps=1000 / FRAME_MS, macro_block_size=1, plugin="FFMPEG")
+        return iio.imwrite("<bytes>", _to_uint8(grid), extension=".png")
+    return iio.imwrite("<bytes>", _side_by_side(tiles), extension=".gif", duration=FRAME_MS, loop=0)
+
+
+def _write_video(tmp: Path, clips: torch.Tensor, borders: torch.Tensor | None) -> None:
+    """The clips as an .mp4 through ffmpeg, which writes ``tmp`` itself (quietly: its own
+    messages about a failed write would come before ours)."""
+    import imageio.v3 as iio
+
+    frames = _side_by_side(_frames(clips, borders))
+    # H.264 in yuv420p wants even sizes; 16 avoids the encoder's own resizing.
+    pad_h, pad_w = (-frames.shape[1]) % 16, (-frames.shape[2]) % 16
+    frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+    iio.imwrite(tmp, frames, extension=".mp4", fps=1000 / FRAME_MS, macro_block_size=1, plugin="FFMPEG",
+                ffmpeg_log_level="quiet")
+
+
+def complete_mp4(path: Path) -> bool:
+    """Whether ``path`` is an MP4 whose top-level boxes fill the file exactly, its index
+    (``moov``) among them: what ffmpeg leaves when a write fails half-way is not."""
+    size, offset, boxes = path.stat().st_size, 0, set()
+    with open(path, "rb") as handle:
+        while offset < size:
+            handle.seek(offset)
+            head = handle.read(16)
+            if len(head) < 8:
+                return False
+            length = int.from_bytes(head[:4], "big")
+            if length == 1 and len(head) == 16:  # a 64-bit size follows the type
+                length = int.from_bytes(head[8:16], "big")
+            elif length == 0:  # the last box runs to the end of the file
+                length = size - offset
+            if length < 8 or offset + length > size:
+                return False
+            boxes.add(head[4:8])
+            offset += length
+    return b"moov" in boxes
 
 
 def _tile(frame: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:

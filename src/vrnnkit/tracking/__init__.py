@@ -10,18 +10,23 @@ A tracker is one module in this package (its file name is the ``--log`` name) wi
 
 ``create`` imports the tracker's own package and raises ``ConfigError`` with the install
 command when it is missing. Adding a tracker is adding one file here.
+
+Its figures are optional: ``open_tracker`` wraps a tracker so that a write that fails (a full
+disk, a read-only folder) is one warning, after which the tracker is left alone and training
+goes on (``metrics.jsonl`` keeps every record).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor
 
-from vrnnkit.errors import ConfigError
+from vrnnkit.errors import ConfigError, WriteError, WriteWarning
 
 
 class Tracker(Protocol):
@@ -44,9 +49,38 @@ def check_tracker(name: str) -> None:
 
 
 def open_tracker(name: str, run_dir: Path) -> Any:
-    """The tracker ``name`` writing into ``run_dir``."""
+    """The tracker ``name`` writing into ``run_dir``, whose failed writes are one warning."""
     check_tracker(name)
-    return importlib.import_module(f"{__name__}.{name}").create(run_dir)
+    return OptionalTracker(importlib.import_module(f"{__name__}.{name}").create(run_dir), name)
+
+
+class OptionalTracker:
+    """A tracker whose first failed write (an OSError: a full disk, a read-only folder) is one
+    warning; it is not called again, and the run goes on."""
+
+    def __init__(self, tracker: Tracker, name: str) -> None:
+        self.tracker, self.name, self.failed = tracker, name, False
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.failed:
+            return
+        try:
+            getattr(self.tracker, method)(*args)
+        except OSError as error:
+            self.failed = True
+            what = (f"cannot write {error.path}: {error.cause}" if isinstance(error, WriteError)
+                    else f"{error.strerror or error}")
+            warnings.warn(f"--log {self.name} stopped: {what}. Training goes on; metrics.jsonl keeps every record",
+                          WriteWarning, stacklevel=3)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self._call("log_scalars", step, scalars)
+
+    def log_samples(self, step: int, clips: Tensor) -> None:
+        self._call("log_samples", step, clips)
+
+    def close(self) -> None:
+        self._call("close")
 
 
 def scalars_of(record: dict[str, Any]) -> dict[str, float]:

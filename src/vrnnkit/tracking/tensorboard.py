@@ -8,6 +8,10 @@ dimensions down, time across). Needs ``pip install 'vrnnkit[tensorboard]'``.
 
 from __future__ import annotations
 
+import io
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import torch
 from torch import Tensor
 
 from vrnnkit.errors import ConfigError
+from vrnnkit.io.atomic import append_bytes, reported_as
 from vrnnkit.tracking import scalars_of
 
 FOLDER = "tensorboard"
@@ -22,28 +27,55 @@ FOLDER = "tensorboard"
 
 def create(run_dir: Path) -> TensorBoardTracker:
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+        from torch.utils.tensorboard import summary
     except ImportError:
         raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'vrnnkit[tensorboard]'") from None
-    return TensorBoardTracker(SummaryWriter(log_dir=str(run_dir / FOLDER)))
+    return TensorBoardTracker(run_dir / FOLDER, _Summaries(Event, RecordWriter, summary.scalar, summary.image))
+
+
+class _Summaries:
+    """TensorBoard's own pieces: the event, its framing as a record, the summaries."""
+
+    def __init__(self, event: Any, record_writer: Any, scalar: Any, image: Any) -> None:
+        self.event, self.record_writer, self.scalar, self.image = event, record_writer, scalar, image
+
+    def record(self, **fields: Any) -> bytes:
+        """One event, framed as TensorBoard's record writer frames it (length, CRCs)."""
+        buffer = io.BytesIO()
+        self.record_writer(buffer).write(self.event(wall_time=time.time(), **fields).SerializeToString())
+        return buffer.getvalue()
 
 
 class TensorBoardTracker:
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
+    """Writes the event file itself, each event at once and whole (``append_bytes``): no
+    writer thread, so a full disk is an error here (``vrnnkit.tracking`` turns it into one
+    warning), never a traceback from a thread, and never a half-written event."""
+
+    def __init__(self, folder: Path, summaries: _Summaries) -> None:
+        self.folder, self.summaries = folder, summaries
+        self.path = folder / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+        self.started = False
+
+    def _write(self, **fields: Any) -> None:
+        if not self.started:  # the folder and the file's first event, at the first figures
+            with reported_as(self.folder):
+                self.folder.mkdir(parents=True, exist_ok=True)
+            append_bytes(self.path, self.summaries.record(file_version="brain.Event:2"))
+            self.started = True
+        append_bytes(self.path, self.summaries.record(**fields))
 
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars_of({"step": step, **scalars}).items():
             group = "validation" if key.startswith("val_") else "train"
-            self.writer.add_scalar(f"{group}/{key}", value, step)
-        self.writer.flush()
+            self._write(step=step, summary=self.summaries.scalar(f"{group}/{key}", value))
 
     def log_samples(self, step: int, clips: Tensor) -> None:
-        self.writer.add_image("samples", clip_grid(clips), step)
-        self.writer.flush()
+        self._write(step=step, summary=self.summaries.image("samples", clip_grid(clips), dataformats="CHW"))
 
     def close(self) -> None:
-        self.writer.close()
+        """Nothing to flush: every event is on disk when its call returns."""
 
 
 def clip_grid(clips: Tensor, gap: int = 1) -> Tensor:

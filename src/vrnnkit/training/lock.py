@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vrnnkit.errors import TrainingError
+from vrnnkit.errors import TrainingError, WriteError
 
 try:
     import fcntl
@@ -39,7 +39,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the whole block)
+    try:
+        # Unbuffered, so that closing it has nothing left to write (a full disk would refuse it).
+        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 (held for the whole block)
+    except OSError as error:  # a read-only folder
+        raise WriteError(path, error.errno) from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,10 +52,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 f"run folder {run_dir} is in use by another vrnnkit train ({_holder(path)}); "
                 "wait for it to finish, or stop it (it saves its state on Ctrl-C)"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        handle.flush()
+        with contextlib.suppress(OSError):  # who holds it is a courtesy; a full disk may refuse it
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode("utf-8"))
         try:
             yield
         finally:

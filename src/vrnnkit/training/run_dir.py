@@ -10,15 +10,20 @@
 
 Every file is replaced atomically, and the trainer state (which holds the weights too) is
 written before the model: a crash at any moment leaves a complete checkpoint to resume from.
+A save writes all its files to temporary files first, so one that fails (a full disk) changes
+nothing: the previous save stays the one that ``--resume`` and ``vrnnkit.load`` find.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from vrnnkit.data.music import NoteRange
-from vrnnkit.errors import CheckpointError, ConfigError, TrainingError
-from vrnnkit.io.atomic import atomic_path, write_json
-from vrnnkit.io.checkpoint import save
+from vrnnkit.errors import CheckpointError, ConfigError, TrainingError, WriteError, WriteWarning
+from vrnnkit.io.atomic import (
+    append_bytes,
+    atomic_paths,
+    reported_as,
+    truncate,
+    write_bytes,
+    write_json,
+)
+from vrnnkit.io.checkpoint import write_checkpoint
 from vrnnkit.model import VRNN
 from vrnnkit.model.config import VRNNConfig
 from vrnnkit.model.inputs import sample_feedback
@@ -53,10 +65,10 @@ class RunFolder:
         self.saved_step = 0
         self.best = math.inf
 
-    def _fail(self, action: str, error: OSError) -> TrainingError:
-        reason = error.strerror or str(error)
-        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-        return TrainingError(f"cannot {action} in {self.run_dir}: {reason}{where}")
+    def stopped(self, error: WriteError) -> TrainingError:
+        """A write outside a save failed (the folder, config.json): the run stops, and says
+        what is safe and how to go on."""
+        return stopped_by(error, self.run_dir, self.saved_step, self.world.size)
 
     def start(self) -> None:
         """A new run: the folder, without metrics of an earlier attempt."""
@@ -66,7 +78,7 @@ class RunFolder:
         except FileExistsError:
             raise TrainingError(f"cannot create the run folder {self.run_dir}: a file of that name is in the way") from None
         except OSError as error:
-            raise self._fail("create the run folder", error) from None
+            raise self.stopped(WriteError(error.filename or self.run_dir, error.errno)) from None
 
     def resume(self, step: int, best: float) -> None:
         """A resumed run: drop what a killed process left behind after the checkpoint of ``step``."""
@@ -75,14 +87,18 @@ class RunFolder:
             # The temporary files of interrupted writes: ours (.NAME.tmpXXX.ext) and the
             # safetensors library's own (.tmpXXXXXX).
             for path in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
-                path.unlink(missing_ok=True)
-        repair_metrics(self.run_dir / "metrics.jsonl", step)
+                with contextlib.suppress(OSError):  # a read-only folder: the next write says so
+                    path.unlink(missing_ok=True)
+        try:
+            repair_metrics(self.run_dir / "metrics.jsonl", step)
+        except WriteError as error:
+            raise self.stopped(error) from None
 
     def write_config(self, model_config: VRNNConfig) -> None:
         try:
             write_json(self.run_dir / "config.json", {"train": self.config.to_dict(), "model": model_config.to_dict()})
-        except OSError as error:
-            raise self._fail("write config.json", error) from None
+        except WriteError as error:
+            raise self.stopped(error) from None
 
     def kept_message(self) -> str:
         """What is safe on disk, for an error that stops the run."""
@@ -97,71 +113,120 @@ class RunFolder:
         """Save the trainer state of ``model`` and, as model.safetensors (and best.safetensors
         on a new best validation loss), ``published`` (the averaged weights of ``--ema``),
         by default ``model``; the trainer state keeps the average too, so that resuming continues
-        it (``averaged_steps``: the steps it has averaged)."""
+        it (``averaged_steps``: the steps it has averaged). All of it, or nothing: a write that
+        fails (a full disk) leaves the previous save as it was and stops the run (TrainingError)."""
         published = published or model
         for parameter in [*model.parameters(), *published.parameters()]:
             if not torch.isfinite(parameter).all():
                 raise TrainingError(f"the weights hold NaN or inf at step {step}; nothing was saved, the last checkpoint is intact")
         val_loss = metrics.get("val_loss")
         best = min(self.best, val_loss) if val_loss is not None and math.isfinite(val_loss) else self.best
+        header = {"step": str(step), "train_config": json.dumps(self.config.to_dict())}
+        if val_loss is not None:
+            header["val_loss"] = repr(val_loss)
+        if self.note_range is not None:
+            header[NOTE_RANGE_KEY] = json.dumps(self.note_range.to_dict())
+        copies = [self.run_dir / "checkpoints" / f"step-{step:08d}.safetensors"] if self.config.keep > 0 else []
+        if val_loss is not None and val_loss == best and best < self.best:
+            copies.append(self.run_dir / "best.safetensors")
+        trainer, latest, line_start = self.run_dir / "trainer.safetensors", self.run_dir / "model.safetensors", None
         try:
-            # The metrics line first: a crash before the checkpoint leaves a line past it,
-            # which resuming removes; the other order could lose a line.
-            append_jsonl(self.run_dir / "metrics.jsonl", metrics)
-            save_trainer(self.run_dir / "trainer.safetensors", model, optimizer, noise_states, step, epoch, best, self.world,
-                         average=published if published is not model else None, averaged_steps=averaged_steps)
-            header = {"step": str(step), "train_config": json.dumps(self.config.to_dict())}
-            if val_loss is not None:
-                header["val_loss"] = repr(val_loss)
-            if self.note_range is not None:
-                header[NOTE_RANGE_KEY] = json.dumps(self.note_range.to_dict())
-            latest = save(published, self.run_dir / "model.safetensors", metadata=header)
             if self.config.keep > 0:
-                self._keep(latest, step)
-            if val_loss is not None and val_loss == best and best < self.best:
-                _link_or_copy(latest, self.run_dir / "best.safetensors")
-        except (OSError, CheckpointError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            since = f"steps {self.saved_step + 1}-{step} are" if step > self.saved_step + 1 else f"step {step} is"
-            kept = f"the checkpoint of step {self.saved_step}" if self.saved_step else "no earlier checkpoint"
-            raise TrainingError(
-                f"could not save step {step} in {self.run_dir}: {reason}. Training stopped; {since} not saved and "
-                f"{kept} is intact. Free some space or fix the folder, then continue with: "
-                f"vrnnkit train --resume {self.run_dir}"
-            ) from None
+                with reported_as(self.run_dir / "checkpoints"):
+                    (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            # Replaced in this order once all are written: the trainer state, the model, its copies.
+            with atomic_paths(trainer, latest, *copies) as temporary:
+                tmp = dict(zip([trainer, latest, *copies], temporary, strict=True))
+                with reported_as(trainer, tmp[trainer]):
+                    save_trainer(tmp[trainer], model, optimizer, noise_states, step, epoch, best, self.world,
+                                 average=published if published is not model else None, averaged_steps=averaged_steps)
+                with reported_as(latest, tmp[latest]):
+                    write_checkpoint(published, tmp[latest], metadata=header)
+                for copy in copies:
+                    with reported_as(copy, tmp[copy]):
+                        _link_or_copy(tmp[latest], tmp[copy])
+                # The metrics line before the files are replaced: a crash between the two leaves
+                # a line past the checkpoint, which resuming removes; the other order could lose one.
+                line_start = append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        except WriteError as error:
+            if line_start is not None:
+                truncate(self.run_dir / "metrics.jsonl", line_start)
+            raise self._save_failed(step, error) from None
         self.saved_step, self.best = step, best
+        if self.config.keep > 0:
+            kept = sorted((self.run_dir / "checkpoints").glob("step-*.safetensors"))
+            for old in kept[: -self.config.keep]:
+                with contextlib.suppress(OSError):
+                    old.unlink(missing_ok=True)
 
-    def _keep(self, latest: Path, step: int) -> None:
-        """checkpoints/step-NNNNNNNN.safetensors for the last ``keep`` saves (hard links of the
-        model file where the file system allows, so they cost no space until replaced)."""
-        folder = self.run_dir / "checkpoints"
-        folder.mkdir(exist_ok=True)
-        _link_or_copy(latest, folder / f"step-{step:08d}.safetensors")
-        kept = sorted(folder.glob("step-*.safetensors"))
-        for old in kept[: -self.config.keep]:
-            old.unlink(missing_ok=True)
+    def _save_failed(self, step: int, error: WriteError) -> TrainingError:
+        since = f"steps {self.saved_step + 1}-{step} are" if step > self.saved_step + 1 else f"step {step} is"
+        kept = (f"the checkpoint of step {self.saved_step} is intact" if self.saved_step
+                else "no checkpoint had been saved yet")
+        then = (f"{_sentence(error.fix)}, then continue with: {resume_command(self.run_dir, self.world.size)}"
+                if self.saved_step
+                else f"{_sentence(error.fix)}, then run the command again")
+        return TrainingError(
+            f"could not save step {step} in {self.run_dir}: cannot write {error.path}: {error.cause}. "
+            f"Training stopped; {since} not saved and {kept}. {then}"
+        )
 
     def write_samples(self, model: VRNN, step: int) -> None:
-        """samples.gif: clips sampled from the prior at the end of an image model's run."""
+        """samples.gif: clips sampled from the prior at the end of an image model's run. An
+        optional file: a write that fails is a warning (the run is saved)."""
         from vrnnkit.io.render import write_clips
 
         generator = torch.Generator().manual_seed(self.config.seed)
+        clips = model.sample(8, self.config.seq_len, generator=generator, feedback=sample_feedback(model))
         try:
-            clips = model.sample(8, self.config.seq_len, generator=generator, feedback=sample_feedback(model))
             write_clips(self.run_dir / "samples.gif", clips)
-        except OSError as error:
-            raise TrainingError(
-                f"trained and saved step {step} in {self.run_dir}, but could not write samples.gif: {error.strerror or error}"
-            ) from None
+        except (WriteError, ConfigError) as error:  # ConfigError: a folder of that name
+            cause = error.cause if isinstance(error, WriteError) else str(error)
+            warnings.warn(f"trained and saved step {step} in {self.run_dir}, but could not write samples.gif: {cause}",
+                          WriteWarning, stacklevel=2)
+
+
+def resume_command(run_dir: Path, world_size: int = 1) -> str:
+    again = f" --nproc {world_size}" if world_size > 1 else ""
+    return f"vrnnkit train --resume {run_dir}{again}"
+
+
+def stopped_by(error: WriteError, run_dir: Path, saved_step: int | None = None, world_size: int = 1) -> TrainingError:
+    """The message of a run that a failed write outside a save stopped (or kept from starting):
+    the file, the cause, the last good save (``saved_step``; read from the trainer state when
+    None) and the command that resumes from it."""
+    if saved_step is None:
+        saved_step = _saved_step(run_dir)
+    if not saved_step:
+        return TrainingError(f"cannot write {error.path}: {error.cause}. Nothing was trained; "
+                             f"{error.fix}, then run the command again")
+    return TrainingError(
+        f"cannot write {error.path}: {error.cause}. Training stopped; the checkpoint of step {saved_step} in "
+        f"{run_dir} is intact. {_sentence(error.fix)}, then continue with: {resume_command(run_dir, world_size)}"
+    )
+
+
+def _saved_step(run_dir: Path) -> int:
+    """The step of the trainer state in ``run_dir`` (its header alone), or 0."""
+    try:
+        with safe_open(str(run_dir / "trainer.safetensors"), framework="pt") as handle:
+            return int((handle.metadata() or {}).get("step", 0))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return 0
+
+
+def _sentence(phrase: str) -> str:
+    return phrase[:1].upper() + phrase[1:]
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+    """``target`` as a hard link of ``source`` where the file system allows (no space taken
+    until one is replaced), else a copy."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def save_trainer(
@@ -169,7 +234,8 @@ def save_trainer(
     step: int, epoch: int, best: float, world: World, *, average: VRNN | None = None, averaged_steps: int = 0,
 ) -> None:
     """trainer.safetensors: weights, optimizer state, every rank's noise state and the averaged
-    weights of ``--ema`` (``average``, over ``averaged_steps`` steps) when there are any."""
+    weights of ``--ema`` (``average``, over ``averaged_steps`` steps) when there are any; written
+    to ``path`` as it is (``RunFolder.save`` gives it a temporary file)."""
     tensors = {f"model.{name}": t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     if average is not None:
         tensors.update({f"average.{name}": t.detach().cpu().contiguous() for name, t in average.state_dict().items()})
@@ -184,8 +250,7 @@ def save_trainer(
         "best_val_loss": repr(best), "world_size": str(world.size), "model_config": model.config.to_json(),
         "averaged_steps": str(averaged_steps if average is not None else 0),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def _read_trainer(run_dir: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], VRNNConfig]:
@@ -254,27 +319,30 @@ def load_state(
     return step, float(metadata.get("best_val_loss", "inf")), averaged_steps
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+def append_jsonl(path: Path, record: dict[str, Any]) -> int:
+    """One JSON line at the end of ``path``, whole or not at all; returns where it begins."""
+    return append_bytes(path, (json.dumps(record) + "\n").encode("utf-8"))
 
 
 def repair_metrics(path: Path, step: int) -> None:
     """Keep the complete lines up to ``step``: a crash may have left a half-written last line,
     and records after the checkpoint will be written again."""
+    if path.is_dir():  # it could be neither read nor written
+        raise WriteError(path, errno.EISDIR)
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    repaired = "".join(line + "\n" for line in kept)
+    if repaired != text:  # a file that needs no repair is not written (it may be on a full disk)
+        write_bytes(path, repaired.encode("utf-8"))
 
 
 def check_new_run(run_dir: Path) -> None:
