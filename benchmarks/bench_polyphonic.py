@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=1, help="particles of --objective iwae/fivo")
     parser.add_argument("--gradient", default="reparam", help="reparam, or dreg (iwae's doubly reparameterised gradient)")
     parser.add_argument("--table", type=Path, nargs="+", help="print the objectives x bounds table of these --json files")
+    parser.add_argument("--trained", action="store_true",
+                        help="score the run already in --out (trained with the recipe by `vrnnkit train`) instead of training; "
+                             "its training wall time is the run's own (metrics.jsonl)")
     args = parser.parse_args()
     if args.table:
         _print_table([_summaries(json.loads(path.read_text())) for path in args.table])
@@ -102,9 +105,15 @@ def _run(name: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
     if args.objective != "elbo":
         options.update(objective=args.objective, particles=args.particles, gradient=args.gradient)
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    result = api.train(str(data), out=out, config=args.config, **options)
-    train_s = time.perf_counter() - start
+    if args.trained:
+        trained = json.loads((out / "config.json").read_text())["train"]
+        args.objective, args.particles, args.gradient = trained["objective"], trained["particles"], trained["gradient"]
+        last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        steps, train_s, load_before = last["step"], last["wall_s"], float("nan")
+    else:
+        start = time.perf_counter()
+        steps = api.train(str(data), out=out, config=args.config, **options).step
+        train_s = time.perf_counter() - start
     load_after = os.getloadavg()[0]
     best = out / "best.safetensors"
     model, _ = api.load_model(best if best.exists() else out)
@@ -119,7 +128,7 @@ def _run(name: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
     config = args.config
     return {
         "set": name, "recipe": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
-        "parameters": model.num_parameters(), "steps": result.step, "threads": torch.get_num_threads(),
+        "parameters": model.num_parameters(), "steps": steps, "trained_here": not args.trained, "threads": torch.get_num_threads(),
         "load_average": [round(load_before, 2), round(load_after, 2)],
         "train_wall_s": round(train_s, 1), "eval_wall_s": round(time.perf_counter() - eval_start, 1),
         "best_step": _best_step(out), "iwae_samples": args.iwae_samples, **figures,
@@ -142,9 +151,11 @@ def _best_step(run_dir: Path) -> int | None:
 def _print(summary: dict) -> None:
     test, valid, k = summary["test"], summary["valid"], summary["iwae_samples"]
     name = summary.get("set", "jsb")
+    where = (f"{summary['threads']} thread(s), load average {summary['load_average'][0]} before / "
+             f"{summary['load_average'][1]} after training") if summary.get("trained_here", True) else \
+        f"scored from a run trained earlier (--trained); evaluation on {summary['threads']} thread(s)"
     print(f"\n{SETS[name][0]}, {summary['recipe']}: {summary['parameters']:,} parameters, {summary['steps']} steps "
-          f"(best on valid at step {summary['best_step']}), {summary['threads']} thread(s), "
-          f"load average {summary['load_average'][0]} before / {summary['load_average'][1]} after training")
+          f"(best on valid at step {summary['best_step']}), {where}")
     print(f"training {summary['train_wall_s'] / 60:.1f} min, evaluation {summary['eval_wall_s'] / 60:.1f} min; "
           f"trained on: {_trained_on(summary)}")
     print(f"{'test, nats per time step':<48}{'ELBO / exact':>13}{f'IWAE-{k} / IS':>15}{f'FIVO-{k}':>10}")
