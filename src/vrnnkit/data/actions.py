@@ -39,6 +39,7 @@ from vrnnkit.data.files import _check_npy, _read_npz
 from vrnnkit.data.layout import GUESS_ORDER, LayoutWarning, _fits, check_layout
 from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.errors import DataError
+from vrnnkit.io.atomic import atomic_path
 
 KEYS = ("frames", "actions", "lengths", "action_classes", "action_names")
 """The arrays a file with actions may hold; others are refused, so that a typo is not ignored."""
@@ -182,6 +183,25 @@ def load_action_plan(
                             "one action for each; give a longer plan or fewer steps")
         plan = plan[..., :steps, :]
     return plan
+
+
+def save_action_data(path: str | os.PathLike[str], data: ActionSequences, *, as_uint8: bool = False) -> None:
+    """Write ``data`` to the ``.npz`` file ``path`` (compressed, atomically), as
+    :func:`load_action_data` reads it: frames ``(N, T, H, W)`` grey, ``(N, T, H, W, C)`` colour
+    or ``(N, T, D)``, the float32 actions, ``lengths`` and ``action_names`` where there are.
+    ``as_uint8``: store float frames in [0, 1] as uint8 (x 255, rounded), four times smaller."""
+    frames = data.frames
+    if as_uint8 and frames.dtype != np.uint8:
+        frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
+    if frames.ndim == 5:
+        frames = frames[:, :, 0] if frames.shape[2] == 1 else frames.transpose(0, 1, 3, 4, 2)
+    arrays = {"frames": frames, "actions": data.actions}
+    if data.lengths is not None:
+        arrays["lengths"] = data.lengths
+    if data.action_names is not None:
+        arrays["action_names"] = np.array(data.action_names, dtype=str)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez_compressed(file, **arrays)
 
 
 def check_lengths(lengths: np.ndarray, steps: tuple[int, int], source: str) -> np.ndarray:
