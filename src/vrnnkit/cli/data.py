@@ -62,6 +62,28 @@ def data_moving_mnist(
            digit_start=digit_start, digit_stop=digit_stop, stochastic=stochastic, digits=digits, canvas=canvas)
 
 
+@data_app.command("pushed-ball")
+@friendly_errors
+def data_pushed_ball(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npz file to write: frames (uint8, (N, T, H, W)) and actions (float32, (N, T, 2 x balls)).")],
+    sequences: Annotated[int, typer.Option(min=1, help="Number of sequences.")] = 2000,
+    steps: Annotated[int, typer.Option(min=2, help="Frames per sequence.")] = 20,
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels.")] = 32,
+    balls: Annotated[int, typer.Option(min=1, help="Balls per frame, each pushed by its own 2-D force.")] = 1,
+    walls: Annotated[str, typer.Option(help="What a wall does to a ball: bounce or stop.")] = "bounce",
+    hold: Annotated[float, typer.Option(min=0.0, max=0.99, help="Probability that a step keeps the previous step's force.")] = 0.6,
+    seed: Seed = 0,
+) -> None:
+    """A ball pushed by a random 2-D force each step, with the forces: data with actions for a world model.
+
+    actions[:, t] is the force applied before frame t (actions[:, 0] is zeros)."""
+    with Progress(console=errors, transient=True, disable=sequences <= CHUNK) as progress:
+        task = progress.add_task(f"writing {out.name}", total=sequences)
+        shape = api.write_pushed_ball(out, sequences, steps=steps, size=size, balls=balls, walls=walls, hold=hold,
+                                      seed=seed, on_progress=lambda done, _: progress.update(task, completed=done))
+    say(f"wrote {out}: {shape[0]} sequences of shape {shape[1:]}, uint8, with {2 * balls} action values a step")
+
+
 @data_app.command("convert")
 @friendly_errors
 def data_convert(
