@@ -15,11 +15,11 @@
 
 from vrnnkit.api._actions import record_gym, write_pushed_ball
 from vrnnkit.api._datasets import convert_file, generate_dataset, write_dataset
+from vrnnkit.api._evaluation import evaluate
 from vrnnkit.api._inference import (
     DEFAULT_SAMPLES,
     Prediction,
     default_prediction_path,
-    evaluate,
     load_model,
     predict,
     predict_file,

@@ -106,6 +106,7 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device | None = None,
     groups: Sequence[str] | None = None,
+    actions: Tensor | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on test sequences: the report described in the module docstring.
 
@@ -133,6 +134,8 @@ def evaluate(
             (in place, as ``nn.Module.to`` does).
         groups: a name per sequence (the clip a window was cut from, say): the prediction
             report then also holds ``per_group``, the same figures over each group's sequences.
+        actions: a model with inputs (``action_dim`` > 0): each sequence's actions (S, T, A),
+            u_t the action before frame t; prediction imagines the futures under the recorded ones.
 
     Prediction runs for image models only; it is skipped, with the reason in
     ``prediction.skipped``, for vector frames, for frames under 11x11 (SSIM's window), and when
@@ -168,6 +171,11 @@ def evaluate(
         model.to(device)
     parameter = next(model.parameters())
     batches = _batches(data, batch_size, steps, frame_shape, parameter.device, parameter.dtype)
+    if actions is not None:
+        if len(actions) != num_sequences or actions.shape[1] != steps:
+            raise DataError(f"actions of shape {tuple(actions.shape)} for {num_sequences} sequences of {steps} frames; "
+                            "expected (sequences, time, action_dim)")
+        batches = zip(batches, _batches(actions, batch_size, steps, tuple(actions.shape[2:]), parameter.device, parameter.dtype), strict=True)
     was_training = model.training
     model.eval()
     try:
@@ -189,7 +197,7 @@ def evaluate(
 
 
 def _accumulate(
-    model: VRNN, batches: Iterator[Tensor], *, checked: bool, iwae_samples: int, chunk_size: int | None,
+    model: VRNN, batches: Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]], *, checked: bool, iwae_samples: int, chunk_size: int | None,
     bounds: tuple[str, ...], prediction: tuple[int, int, int] | None, seed: int,
 ) -> tuple[dict[str, list[Tensor]], dict[str, list[Tensor]]]:
     """Per-sequence likelihood figures and prediction curves, batch by batch.
@@ -201,21 +209,23 @@ def _accumulate(
     )
     totals: dict[str, list[Tensor]] = {"elbo": [], "nll": [], "kl": [], "nats_per_dim": [], "iwae": [], "fivo": []}
     curves: dict[str, list[Tensor]] = {}
-    for x in batches:
+    for batch in batches:
+        x, u = batch if isinstance(batch, tuple) else (batch, None)
         if not checked:
             check_unit_range(x, "data")
-        out = model(x, generator=elbo_generator)
+        out = model(x, generator=elbo_generator, actions=u)
         totals["elbo"].append(out.elbo)
         totals["nll"].append(out.nll.expand(len(x)))  # batch means, weighted by batch size
         totals["kl"].append(out.kl.expand(len(x)))
         totals["nats_per_dim"].append(-out.elbo / out.dims)
         if "iwae" in bounds:
-            totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator))
+            totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator, actions=u))
         if "fivo" in bounds:
-            totals["fivo"].append(fivo_log_likelihood(model, x, iwae_samples, generator=fivo_generator))
+            totals["fivo"].append(fivo_log_likelihood(model, x, iwae_samples, generator=fivo_generator, actions=u))
         if prediction is not None:
             context, horizon, samples = prediction
-            futures = model.predict(x[:, :context], horizon, samples, generator=predict_generator)
+            plan = None if u is None else u[:, : context + horizon]
+            futures = model.predict(x[:, :context], horizon, samples, generator=predict_generator, actions=plan)
             batch_curves = prediction_curves(futures, x[:, context : context + horizon], x[:, context - 1])
             for key, curve in batch_curves.items():
                 curves.setdefault(key, []).append(curve)
