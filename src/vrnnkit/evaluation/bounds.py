@@ -171,11 +171,7 @@ def evaluate(
         model.to(device)
     parameter = next(model.parameters())
     batches = _batches(data, batch_size, steps, frame_shape, parameter.device, parameter.dtype)
-    if actions is not None:
-        if len(actions) != num_sequences or actions.shape[1] != steps:
-            raise DataError(f"actions of shape {tuple(actions.shape)} for {num_sequences} sequences of {steps} frames; "
-                            "expected (sequences, time, action_dim)")
-        batches = zip(batches, _batches(actions, batch_size, steps, tuple(actions.shape[2:]), parameter.device, parameter.dtype), strict=True)
+    batches = _with_actions(batches, actions, batch_size, (num_sequences, steps), parameter)
     was_training = model.training
     model.eval()
     try:
@@ -349,6 +345,19 @@ def _batches(
         if not batch.is_floating_point():
             raise DataError(f"data must hold floating-point frames, got dtype {batch.dtype}")
         yield batch.to(device=device, dtype=dtype)
+
+
+def _with_actions(
+    batches: Iterator[Tensor], actions: Tensor | np.ndarray | None, batch_size: int, size: tuple[int, int], like: Tensor,
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+    """Each batch of frames with its sequences' actions (b, T, A), checked against the data's
+    (S, T); the batches themselves without actions."""
+    if actions is None:
+        return batches
+    if len(actions) != size[0] or actions.ndim != 3 or actions.shape[1] != size[1]:
+        raise DataError(f"actions of shape {tuple(actions.shape)} for {size[0]} sequences of {size[1]} frames; "
+                        "expected (sequences, time, action_dim)")
+    return zip(batches, _batches(actions, batch_size, size[1], tuple(actions.shape[2:]), like.device, like.dtype), strict=True)
 
 
 def _as_tensor(value: Any) -> Tensor:

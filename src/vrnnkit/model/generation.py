@@ -9,7 +9,7 @@ context and generated alike: ``actions[:, t]`` is the input before frame t.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,8 +20,9 @@ from vrnnkit.blocks.distributions import randn
 from vrnnkit.errors import check_counts
 from vrnnkit.model.actions import step_actions
 
-if TYPE_CHECKING:
-    from vrnnkit.model.vrnn import VRNN
+VRNN = Any
+"""The model these functions are methods of (``vrnnkit.model.vrnn.VRNN``), named loosely: that
+module imports this one, and an import back, even for type checking, would be a cycle."""
 
 
 @torch.no_grad()
