@@ -9,7 +9,8 @@ A file is a ``.npz`` archive holding
   sequence without an N axis has ``(T, A)`` or ``(T,)``;
 * optionally ``lengths`` ``(N,)``: the observed steps of each sequence (the rest is padding),
   ``action_classes`` (a whole number: the integer actions' number of classes, so that they load
-  without ``--action-classes``) and ``action_names`` (strings, one per action column).
+  without ``--action-classes``), ``action_names`` (strings, one per action column) and
+  ``rewards`` (``(N, T)``, recorded by ``vrnnkit data gym``; not read).
 
 A folder of such files is read as one collection (files in natural order of their names, each
 with one or more sequences, of any lengths: shorter ones are zero-padded to the longest and
@@ -41,8 +42,9 @@ from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.errors import DataError
 from vrnnkit.io.atomic import atomic_path
 
-KEYS = ("frames", "actions", "lengths", "action_classes", "action_names")
-"""The arrays a file with actions may hold; others are refused, so that a typo is not ignored."""
+KEYS = ("frames", "actions", "lengths", "action_classes", "action_names", "rewards")
+"""The arrays a file with actions may hold (``rewards``, ``(N, T)``, the reward received with
+frame t, is kept for other tools and not read); others are refused, so a typo is not ignored."""
 
 
 @dataclass(frozen=True)
