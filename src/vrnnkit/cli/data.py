@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 from rich.progress import (
     BarColumn,
@@ -20,6 +21,7 @@ from vrnnkit import api
 from vrnnkit.cli.common import app, errors, friendly_errors, note, say
 from vrnnkit.cli.infer import Grey, Size
 from vrnnkit.data import download
+from vrnnkit.data.actions import load_action_data
 from vrnnkit.data.catalog import DATA_ENV, DATASETS, get_dataset
 from vrnnkit.data.sources import CHUNK
 
@@ -119,6 +121,24 @@ def data_gym(
                                  skip_frames=skip_frames, stickiness=stickiness, seed=seed, on_step=report)
     say(f"wrote {out}: {summary['episodes']} episodes, {summary['frames']:,} frames, frames of shape "
         f"{summary['shape']}; actions of {summary['action_space']}")
+
+
+@data_app.command("check-actions")
+@friendly_errors
+def data_check_actions(
+    path: Annotated[Path, typer.Argument(help="A .npz with frames and actions, or a folder of them.", show_default=False)],
+    action_classes: Annotated[Optional[int], typer.Option(min=2, help="Number of classes of integer (discrete) actions, one-hot encoded (default: the file's action_classes).", show_default=False)] = None,  # noqa: UP045
+    layout: Annotated[Optional[str], typer.Option(help="Layout of the frames, e.g. NTHW, NTHWC (guessed by default).", show_default=False)] = None,  # noqa: UP045
+) -> None:
+    """Read frames with their actions as training would, and say what they hold (or what is wrong)."""
+    data = load_action_data(path, action_classes=action_classes, layout=layout)
+    count, steps = data.frames.shape[:2]
+    lengths = "" if data.lengths is None else f" (observed: {int(data.lengths.min())} to {int(data.lengths.max())})"
+    names = "" if data.action_names is None else f" ({', '.join(data.action_names)})"
+    low, high = data.actions.min(axis=(0, 1)), data.actions.max(axis=(0, 1))
+    say(f"{path}: {count} sequences of {steps} steps{lengths}; frames {data.frame_shape} {data.frames.dtype}; "
+        f"{data.action_dim} action values a step{names}, from {np.array2string(low, precision=3)} to "
+        f"{np.array2string(high, precision=3)}")
 
 
 @data_app.command("convert")
