@@ -111,7 +111,7 @@ def data_gym(
     actions[:, t] is the action that led to frame t. Rendering is headless; frames are written
     to disk as they come, so memory stays small."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} episodes"),
-                  TimeElapsedColumn(), console=errors, transient=True) as progress:
+                  TimeElapsedColumn(), console=errors, transient=True, disable=not errors.is_terminal) as progress:
         task = progress.add_task(f"recording {env_id}", total=episodes)
 
         def report(episode: int, frames: int) -> None:

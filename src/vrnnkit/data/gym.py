@@ -97,7 +97,7 @@ def record(
         on_step: called as ``on_step(episode, frames recorded in it)`` after every frame.
 
     Returns:
-        A summary: ``episodes``, ``frames``, ``shape`` of ``frames``, ``action_space``, ``seconds``.
+        A summary: ``episodes``, ``frames`` (recorded in all), ``shape`` (of ``frames``), ``action_space``.
     """
     for name, value in (("episodes", episodes), ("size", size)):
         if not is_count(value):
