@@ -84,7 +84,12 @@ def encode_actions(
         actions = actions.astype(np.float32)
     if actions.dtype.kind in "iu":
         return _encode_ids(actions, classes, source, expected)
-    check_finite(actions, f"{source} (actions)")
+    bad = ~np.isfinite(actions)
+    if bad.any():
+        first = ", ".join(f"{name} {int(i)}" for name, i in zip(("sequence", "step"), np.argwhere(bad)[0], strict=False))
+        raise DataError(f"{source}: expected finite actions, found {int(np.isnan(actions).sum())} NaN and "
+                        f"{int(np.isinf(actions).sum())} infinite value(s), the first at {first}")
+    check_finite(actions, f"{source} (actions)")  # float64 beyond float32's range
     if classes is None:
         return (actions[..., None] if actions.ndim == 2 else actions).astype(np.float32)
     if actions.ndim == 2:

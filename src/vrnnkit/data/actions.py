@@ -9,7 +9,8 @@ A file is a ``.npz`` archive holding
   sequence without an N axis has ``(T, A)`` or ``(T,)``;
 * optionally ``lengths`` ``(N,)``: the observed steps of each sequence (the rest is padding),
   ``action_classes`` (a whole number: the integer actions' number of classes, so that they load
-  without ``--action-classes``) and ``action_names`` (strings, one per action column).
+  without ``--action-classes``), ``action_names`` (strings, one per action column) and
+  ``rewards`` (``(N, T)``, recorded by ``vrnnkit data gym``; not read).
 
 A folder of such files is read as one collection (files in natural order of their names, each
 with one or more sequences, of any lengths: shorter ones are zero-padded to the longest and
@@ -40,12 +41,14 @@ from vrnnkit.data.layout import GUESS_ORDER, LayoutWarning, _fits, check_layout
 from vrnnkit.data.sequences import SequenceArray
 from vrnnkit.errors import DataError
 from vrnnkit.io.atomic import atomic_path
+from vrnnkit.resources.budget import require_memory
 
-KEYS = ("frames", "actions", "lengths", "action_classes", "action_names")
-"""The arrays a file with actions may hold; others are refused, so that a typo is not ignored."""
+KEYS = ("frames", "actions", "lengths", "action_classes", "action_names", "rewards")
+"""The arrays a file with actions may hold (``rewards``, ``(N, T)``, the reward received with
+frame t, is kept for other tools and not read); others are refused, so a typo is not ignored."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise == or hash
 class ActionSequences:
     """Frames and the actions taken along them (see the module's docstring for the alignment).
 
@@ -328,6 +331,9 @@ def _concatenate(parts: list[ActionSequences], folder: Path) -> ActionSequences:
     steps = max(part.frames.shape[1] for part in parts)
     count = sum(len(part.frames) for part in parts)
     dtype = np.uint8 if all(part.frames.dtype == np.uint8 for part in parts) else np.float32
+    require_memory(count * steps * (int(np.prod(first.frame_shape)) * np.dtype(dtype).itemsize + 4 * first.action_dim),
+                   f"{folder}: {count:,} sequences padded to {steps:,} steps", DataError, purpose="in memory",
+                   fix="record shorter episodes, or fewer of them, or smaller frames")
     frames = np.zeros((count, steps, *first.frame_shape), dtype)
     actions = np.zeros((count, steps, first.action_dim), np.float32)
     lengths = np.empty(count, np.int64)
