@@ -17,6 +17,7 @@ from vrnnkit.data.music import PIANO_KEYS, read_midi
 
 ROOT = Path(__file__).resolve().parents[1]
 JSB = ROOT.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
+NOTTINGHAM = ROOT.parent / "shared" / "data" / "nottingham" / "nottingham.json"
 runner = CliRunner()
 ENV = {"COLUMNS": "200", "VRNNKIT_DEBUG": None}
 TINY = ["--steps", "3", "--h-dim", "8", "--z-dim", "4", "--batch-size", "2", "--every", "3", "-q"]
@@ -64,6 +65,26 @@ def test_a_tiny_jsb_run_through_train_and_eval_per_time_step(tmp_path):
     assert len(rows) == 77 and sum(int(r["steps"]) for r in rows) == 4725
     total = sum(float(r["elbo"]) for r in rows)
     assert report["likelihood"]["elbo_per_step"] == pytest.approx(total / 4725, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tiny_nottingham_run_with_the_music_recipe_in_windows_then_whole_tunes(tmp_path):
+    """The recipe's data settings (windows of 200 steps, --transpose) on Nottingham; eval scores
+    whole tunes of the test split."""
+    if not NOTTINGHAM.exists():
+        pytest.skip(f"{NOTTINGHAM} is absent")
+    run = tmp_path / "run"
+    result = _run("train", NOTTINGHAM, "--config", ROOT / "examples" / "polyphonic.toml", *TINY, "--likelihood-option", "hidden=16",
+                  "--out", run)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())["train"]
+    assert config["seq_len"] == 200 and config["transpose"] == 6
+    result = _run("eval", NOTTINGHAM, "--ckpt", run / "best.safetensors", "--split", "test", "--iwae-samples", "2",
+                  "--json", tmp_path / "report.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_sequences"] == 170 and report["num_steps"] == 44463  # whole tunes, the README's counts
+    assert -60.0 < report["likelihood"]["elbo_per_step"] < 0.0
 
 
 def test_eval_per_sequence_json_with_per_step_values(tmp_path, music):

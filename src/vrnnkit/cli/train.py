@@ -36,6 +36,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("grey", DATA, "Convert colour frames to grey (BT.601 luma) as they are read.", {}),
     ("skip_unreadable", DATA, "A folder of clips: leave out (with a warning) a clip that cannot be read, instead of stopping.", {}),
     ("flip", DATA, "Image data: mirror each training window left to right at random, half of them (more data for scenes without a handedness).", {}),
+    ("transpose", DATA, "Vector data (piano rolls): shift each training window by a random whole number of steps (semitones) in [-N, N] along its notes, keeping every note on the keyboard; 0: off.", {"min": 0, "metavar": "N"}),
     ("num_sequences", DATA, "Generated datasets (bouncing-balls, moving-mnist): how many sequences.", {"min": 1}),
     ("seq_len", DATA, "Frames per training window; 0 or full: whole sequences (data of different lengths).", {"metavar": "N|full"}),
     ("action_classes", DATA, "Data with integer (discrete) actions: their number of classes, one-hot encoded (default: the file's action_classes).", {"min": 1}),

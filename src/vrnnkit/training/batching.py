@@ -86,6 +86,9 @@ def load_training_data(config: TrainConfig) -> TrainingData:
                           "drop --flip for data with actions")
     if config.action_classes is not None and not data.action_dim:
         raise ConfigError(f"--action-classes applies to data with actions (a .npz with 'actions'); {config.data} has none")
+    if config.transpose and len(data.frame_shape) != 1:
+        raise ConfigError(f"--transpose shifts vectors (piano rolls) along their notes; {config.data} holds frames "
+                          f"of shape {data.frame_shape}")
     return data
 
 
@@ -205,6 +208,42 @@ def to_device(
     else:
         x, mask = batch.to(device, non_blocking=True), None
     return (x if flip is None else mirror_half(x, flip)), mask, actions
+
+
+def augmented(
+    batch: tuple[Tensor, Tensor | None, Tensor | None], config: TrainConfig, generator: torch.Generator,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A training batch (frames, mask, actions) with the run's augmentations (``--flip``,
+    ``--transpose``), drawn from ``generator`` (the run's own, so a resumed run draws on)."""
+    x, mask, actions = batch
+    if config.flip:
+        x = mirror_half(x, generator)
+    if config.transpose:
+        x = transpose_rolls(x, config.transpose, generator, mask)
+    return x, mask, actions
+
+
+def transpose_rolls(rolls: Tensor, most: int, generator: torch.Generator, mask: Tensor | None = None) -> Tensor:
+    """``--transpose``: each window of a batch of piano rolls (B, T, D) shifted by a whole
+    number of steps k along D (semitones, for notes), drawn uniformly from those in
+    [-most, most] that keep every note of the window's real steps on the keyboard, so that no
+    note is lost and the window's intervals are unchanged. Dimension d of the result is
+    dimension d - k of the window; what enters at the edge is silence (0)."""
+    batch, _, width = rolls.shape
+    real = rolls != 0 if mask is None else (rolls != 0) & (mask[..., None] > 0)
+    sounding = real.any(dim=1).cpu()  # (B, D): the notes each window uses
+    index = torch.arange(width)
+    low = torch.where(sounding, index, width).amin(dim=1)  # lowest note; D if silent
+    high = torch.where(sounding, index, -1).amax(dim=1)  # highest note; -1 if silent
+    down, up = low.clamp(max=most), (width - 1 - high).clamp(max=most)  # how far each may move
+    silent = ~sounding.any(dim=1)
+    down, up = torch.where(silent, 0, down), torch.where(silent, 0, up)
+    shift = (torch.rand(batch, generator=generator) * (down + up + 1)).floor().long() - down
+    source = index[None, :] - shift[:, None]  # (B, D)
+    inside = (source >= 0) & (source < width)
+    source = source.clamp(0, width - 1).to(rolls.device)
+    moved = rolls.gather(2, source[:, None, :].expand_as(rolls))
+    return moved * inside.to(rolls.device, rolls.dtype)[:, None, :]
 
 
 def _lengths(dataset: Any) -> list[int]:

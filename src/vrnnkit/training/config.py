@@ -63,6 +63,7 @@ class TrainConfig:
     grey: bool = False
     skip_unreadable: bool = False  # a folder of clips: leave out a clip that cannot be read, with a warning
     flip: bool = False  # mirror each training window left to right at random (half of them)
+    transpose: int = 0  # vectors (piano rolls): shift each training window by up to this many steps along D
     num_sequences: int = 2000  # generated datasets: how many sequences
     fps: float | None = None  # MIDI folders: steps per second (default: one step per quarter note)
     action_classes: int | None = None  # data with integer actions: their classes, one-hot encoded
@@ -130,6 +131,8 @@ class TrainConfig:
             raise ConfigError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if isinstance(self.transpose, bool) or not isinstance(self.transpose, int) or self.transpose < 0:
+            raise ConfigError(f"transpose must be a whole number of semitones >= 0 (0: off), got {self.transpose!r}")
         if self.fps is not None and (isinstance(self.fps, bool) or not self.fps > 0):
             raise ConfigError(f"fps must be a positive number, got {self.fps!r}")
 

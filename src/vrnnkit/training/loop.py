@@ -33,6 +33,7 @@ from vrnnkit.model.inputs import sample_feedback
 from vrnnkit.resources.sizing import check_training_memory
 from vrnnkit.training.batching import (
     TrainingData,
+    augmented,
     batches_per_epoch,
     iterate_batches,
     load_training_data,
@@ -183,7 +184,7 @@ def _loop(run: _Run, on_step: Callable[[int, VRNN], None] | None) -> bool:
     with _InterruptFlag() as stop:
         for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
-            frames, mask, actions = to_device(batch, run.device, flip=run.noise if config.flip else None)
+            frames, mask, actions = augmented(to_device(batch, run.device), config, run.noise)
             run.set_lr()
             result = train_step(
                 run.trained, frames, run.optimizer, run.scaler, config,
