@@ -207,3 +207,18 @@ def test_onnx_export_takes_the_input_and_matches_pytorch(options, tmp_path):
     for name in ("world.onnx", "world.filter.onnx"):
         session = onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
         assert "action" in [i.name for i in session.get_inputs()]
+
+
+def test_pt2_export_takes_the_input(tmp_path):
+    from vrnnkit.io.export import GenerativeStep, export, state_size
+
+    model = VRNN(VRNNConfig(**VECTOR, action_dim=2)).eval()
+    _randomise_embedding(model)
+    report = export(model, tmp_path / "step.pt2", "pt2")
+    assert "action" in report["graph"]
+    program = torch.export.load(tmp_path / "step.pt2")
+    state, noise, action = torch.zeros(3, state_size(model)), torch.randn(3, 3), torch.randn(3, 2)
+    with torch.no_grad():
+        expected = GenerativeStep(model)(state, noise, action)
+    for got, want in zip(program.module()(state, noise, action), expected, strict=True):
+        torch.testing.assert_close(got, want)
