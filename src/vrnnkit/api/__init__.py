@@ -10,14 +10,16 @@
     api.export(model, "m.onnx")                                  # vrnnkit export
     array = api.generate_dataset("bouncing-balls", 100, seed=3)  # vrnnkit data bouncing-balls --seed 3
     api.convert_file("clip.mp4", "clip.npy", size=64, grey=True)  # vrnnkit data convert clip.mp4 --size 64 --grey
+    api.write_pushed_ball("pushed.npz", 2000, steps=20)           # vrnnkit data pushed-ball (frames with actions)
 """
 
+from vrnnkit.api._actions import record_gym, write_pushed_ball
 from vrnnkit.api._datasets import convert_file, generate_dataset, write_dataset
+from vrnnkit.api._evaluation import evaluate
 from vrnnkit.api._inference import (
     DEFAULT_SAMPLES,
     Prediction,
     default_prediction_path,
-    evaluate,
     load_model,
     predict,
     predict_file,
@@ -41,7 +43,9 @@ __all__ = [
     "predict",
     "predict_file",
     "read_input",
+    "record_gym",
     "sample",
     "train",
     "write_dataset",
+    "write_pushed_ball",
 ]

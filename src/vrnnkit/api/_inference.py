@@ -10,30 +10,36 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from vrnnkit.api._music import (
     MUSIC_SUFFIXES,
     check_music_output,
-    evaluate_file,
     is_music_output,
     model_note_range,
     read_sequences_input,
     write_rolls,
 )
+from vrnnkit.api._world import (
+    NO_ACTIONS,
+    check_clip_actions,
+    is_action_data,
+    read_action_input,
+    read_plans,
+    recorded_future,
+    sample_plans,
+    takes_actions,
+    under_plans,
+)
 from vrnnkit.data import check_unit_range, load_sequences
 from vrnnkit.data.clips import is_clip_folder, read_clips
-from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.files import VIDEO_SUFFIXES
 from vrnnkit.data.frames import format_size, parse_size
 from vrnnkit.data.music import NoteRange
-from vrnnkit.data.sources import BUILTIN_DATA, open_source
 from vrnnkit.data.varlen_source import is_variable_length
 from vrnnkit.data.video import frame_size
 from vrnnkit.errors import CheckpointError, ConfigError, DataError, output_problem, pickle_hint
-from vrnnkit.evaluation.bounds import evaluate as evaluate_sequences
 from vrnnkit.evaluation.bounds import per_group
 from vrnnkit.evaluation.metrics import prediction_curves, prediction_metrics
 from vrnnkit.io.atomic import write_json
@@ -63,8 +69,9 @@ def load_model(ckpt: str | os.PathLike[str] | None = None) -> tuple[VRNN, Path]:
 
 
 def sample(
-    model: VRNN, num: int = 8, steps: int = 20, *, seed: int = 0, mean: bool | None = None,
+    model: VRNN, num: int = 8, steps: int | None = None, *, seed: int = 0, mean: bool | None = None,
     out: str | os.PathLike[str] | None = None, note_range: NoteRange | None = None, feedback: str | None = None,
+    actions: Any = None,
 ) -> Tensor:
     """``num`` clips of ``steps`` frames from the prior (``VRNN.sample``), also written to
     ``out`` (.gif, .png, .mp4, .npy; vector models .npy, .csv, .png) when given. A piano-roll
@@ -73,8 +80,11 @@ def sample(
     defaults to True, except for MIDI, whose notes are drawn; ``feedback`` ("mean" or "draw":
     what each step feeds back into the state, as in ``VRNN.sample``) defaults to the
     likelihood's ``sample_feedback``: draws for the Bernoulli likelihoods (ancestral sampling),
-    the frame shown for the others."""
+    the frame shown for the others. ``actions``: what a model with actions is steered by, a
+    plan file or array ``(T, A)`` or ``(K, T, A)``, whose K plans give ``num`` clips each;
+    ``steps`` None: the plan's length (20 without one)."""
     check_feedback(feedback)
+    plans, num, steps = sample_plans(model, actions, num, steps)
     if feedback is None:
         feedback = sample_feedback(model)
     music = is_music_output(out, model, note_range)
@@ -83,7 +93,7 @@ def sample(
     if mean is None:
         mean = not (out is not None and Path(out).suffix.lower() in MUSIC_SUFFIXES)
     _check_output_memory(model, num * steps, f"{num:,} clips of {steps:,} frames", "lower --num or --steps")
-    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean, feedback=feedback)
+    clips = model.sample(num, steps, generator=torch.Generator().manual_seed(seed), mean=mean, feedback=feedback, actions=plans)
     if out is not None and music:
         write_rolls(Path(out), clips, model_note_range(model, note_range))
     elif out is not None:
@@ -116,14 +126,15 @@ class Prediction:
 def predict(
     model: VRNN, videos: Tensor, *, context: int = 5, horizon: int | None = None, samples: int = 3,
     seed: int = 0, mean: bool | None = True, require_metrics: bool = False, source: str = "the input",
-    feedback: str | None = None,
+    feedback: str | None = None, actions: Tensor | None = None,
 ) -> Prediction:
     """Predict ``samples`` futures of each sequence in ``videos`` (B, T, *frame) from its
     first ``context`` frames, and score them against the real frames that follow.
 
     ``horizon`` defaults to the frames after the context, or 10 when there are none. With
     ``require_metrics`` a prediction that cannot be scored (vector frames, no truth) is a
-    DataError before any work. ``source`` names the data in messages. ``feedback`` as in ``sample``."""
+    DataError before any work. ``source`` names the data in messages. ``feedback`` as in ``sample``.
+    ``actions`` (B, T, A): a model with actions predicts under the recorded ones (``vrnnkit.api._world``)."""
     check_feedback(feedback)
     length = videos.shape[1]
     if context > length:
@@ -138,8 +149,10 @@ def predict(
         raise DataError(f"--json needs metrics: {reason}")
     _check_output_memory(model, len(videos) * samples * horizon, f"{samples:,} futures of {horizon:,} frames for each of "
                          f"{len(videos):,} sequences", "lower --samples or --horizon")
+    if actions is not None:
+        actions = recorded_future(actions, context, horizon, source)
     futures = model.predict(videos[:, :context], horizon, samples, generator=torch.Generator().manual_seed(seed), mean=mean is not False,
-                            feedback=feedback)
+                            feedback=feedback, actions=actions)
     result = Prediction(videos[:, :context], futures, truth if has_truth else None)
     if has_truth and image:
         try:
@@ -163,7 +176,7 @@ def predict_file(
     model: VRNN, path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
     json_out: str | os.PathLike[str] | None = None, layout: str | None = None, resize: bool = False,
     size: Any = None, grey: bool = False, split: str | None = None, note_range: NoteRange | None = None,
-    **options: Any,
+    actions: Any = None, **options: Any,
 ) -> Prediction:
     """``predict`` on the sequences of a file (``read_input``, which takes ``layout``,
     ``resize``, ``size`` and ``grey``), written to ``out`` (default
@@ -174,13 +187,19 @@ def predict_file(
     Sequences of different lengths (a note-list JSON, whose ``split`` is ``test`` by default;
     a .npz of several arrays; a folder) give their first ``context`` steps. A piano-roll model
     (88 notes, or ``note_range``) writes ``.mid`` (context then future, one file per sequence
-    and sample) or draws a ``.png`` piano roll."""
+    and sample) or draws a ``.png`` piano roll.
+
+    A model with actions reads a file with them (a .npz with ``frames`` and ``actions``) and
+    predicts under its recorded actions, or under the plans of ``actions`` (a file or array
+    ``(H, A)`` or ``(K, H, A)``: rows of futures per plan, no metrics)."""
     path = Path(path)
     out = default_prediction_path(path, image=model.config.is_image) if out is None else Path(out)
     music = is_music_output(out, model, note_range)
     (check_music_output if music else partial(check_output, image=model.config.is_image))(out)
     if out.resolve() == path.resolve():
         raise ConfigError(f"cannot write {out} (--out): it is the input file; choose another name")
+    if takes_actions(model) or actions is not None or is_action_data(path):
+        return _predict_world(model, path, out, json_out, actions, layout=layout, **options)
     if is_clip_folder(path):
         if split is not None or layout is not None or resize:
             raise ConfigError("--split, --layout and --resize do not apply to a folder of clips; use --size and --grey")
@@ -235,6 +254,35 @@ def _predict_clips(
     first = [names.index(name) for name in dict.fromkeys(names)]
     shown = Prediction(prediction.context[first], prediction.futures[first], prediction.truth[first])
     return _write_prediction(prediction, shown, out, json_out)
+
+
+def _predict_world(model: VRNN, path: Path, out: Path, json_out: Any, plan: Any, *, layout: str | None, **options: Any) -> Prediction:
+    """``predict_file`` for a model with actions (or a plan, or a file with actions): the
+    clip's recorded actions steer the context, and then ``plan`` or the recorded ones the future."""
+    if plan is not None and not takes_actions(model):
+        raise ConfigError(NO_ACTIONS.format(what="--actions"))
+    videos, recorded = read_action_input(model, path, layout=layout) if is_action_data(path) else (read_input(model, path, layout=layout), None)
+    check_clip_actions(model, path, recorded)
+    recorded = recorded if takes_actions(model) else None
+    if plan is None:
+        _check_writable(json_out, "--json")
+        prediction = predict(model, videos, require_metrics=json_out is not None, source=str(path), actions=recorded, **options)
+        return _write_prediction(prediction, prediction, out, json_out)
+    if json_out is not None:
+        raise ConfigError("--json: futures under a plan have no truth to score; leave out --actions to score the recorded ones")
+    context, samples = options.get("context", 5), options.get("samples", 3)
+    plans = read_plans(model, plan, steps=options.get("horizon"))
+    if context > videos.shape[1] or recorded.shape[1] < context:
+        raise DataError(f"--context {context} is longer than the {videos.shape[1]} frames of {path}")
+    _check_output_memory(model, len(videos) * samples * plans.numel() // model.config.action_dim, "the futures", "lower --samples")
+    futures = under_plans(model, videos, recorded, plans, context=context, samples=samples, seed=options.get("seed", 0),
+                          mean=options.get("mean") is not False, feedback=options.get("feedback"))
+    prediction = Prediction(videos[:, :context], futures, None)
+    if not model.config.is_image and out.suffix.lower() != ".npy":
+        write_clips(out, futures.flatten(0, 1))
+        prediction.path = out
+        return prediction
+    return _write_prediction(prediction, prediction, out, None)
 
 
 def _predict_music(model: VRNN, videos: Tensor, out: Path, note_range: NoteRange | None, **options: Any) -> Prediction:
@@ -333,65 +381,6 @@ def _check_writable(path: str | os.PathLike[str] | None, option: str) -> None:
         raise ConfigError(f"cannot write {path} ({option}): {problem}")
 
 
-def evaluate(
-    model: VRNN, data: str | os.PathLike[str] | Tensor | np.ndarray | Any, *, num_sequences: int = 256,
-    mnist_dir: str | None = None, layout: str | None = None, json_out: str | os.PathLike[str] | None = None,
-    size: Any = None, grey: bool = False, split: str | None = None, per_sequence: str | os.PathLike[str] | None = None,
-    per_step: bool = False, **options: Any,
-) -> dict[str, Any]:
-    """``vrnnkit.evaluation.evaluate`` (whose ``options`` it takes) on test data: an array or
-    sequences as there, or a file, or a built-in data set's held-out sequences
-    (``num_sequences`` of them where they are generated), whose frames ``size`` (64 or
-    "64x48", HEIGHTxWIDTH) and ``grey`` convert as they are read. The report also goes to
-    ``json_out``.
-
-    A file of sequences of different lengths (a note-list JSON, whose ``split`` is ``test``
-    by default; a .npz of several arrays or with lengths; a folder) is scored per time step
-    instead: ``vrnnkit.evaluation.sequences.evaluate_variable_length`` (no prediction metrics), with
-    per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
-    step's ELBO term)."""
-    if isinstance(data, str):  # jsb-chorales: the cached file; MNIST data: the cached folder
-        data, mnist_dir = resolve_builtin(data, mnist_dir)
-    if isinstance(data, (str, os.PathLike)) and is_clip_folder(data):
-        _check_writable(json_out, "--json")
-        report = evaluate_clips(model, data, size=size, grey=grey, **options)
-        if json_out is not None:
-            write_json(Path(json_out), report)
-        return report
-    if isinstance(data, (str, os.PathLike)) and str(data) not in BUILTIN_DATA and is_variable_length(str(data)):
-        kept = {k: options[k] for k in ("iwae_samples", "batch_size", "chunk_size", "seed", "bounds", "particles") if k in options}
-        return evaluate_file(model, str(data), split=split, per_sequence=per_sequence, per_step=per_step,
-                                    json_out=json_out, **kept)
-    if split is not None or per_sequence is not None or per_step:
-        raise ConfigError("--split, --per-sequence and --per-step apply to sequences of different lengths "
-                          "(a note-list .json, a .npz of several arrays or with lengths, a folder)")
-    _check_writable(json_out, "--json")
-    frame_size = parse_size(size)
-    if isinstance(data, (str, os.PathLike)):
-        data = _held_out(model, str(data), num_sequences, mnist_dir, layout, (frame_size, grey), options)
-    elif frame_size is not None or grey:
-        raise ConfigError("size and grey apply to a file or a built-in data set; convert an array before passing it")
-    report = evaluate_sequences(model, data, **options)
-    if json_out is not None:
-        write_json(Path(json_out), report)
-    return report
-
-
-def _held_out(
-    model: VRNN, data: str, num_sequences: int, mnist_dir: str | None, layout: str | None,
-    conversion: tuple[tuple[int, int] | None, bool], options: dict[str, Any],
-) -> Any:
-    # Generated test data is as long as the prediction needs: context and horizon.
-    length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
-    size, grey = conversion
-    sequences = open_source(data, count=num_sequences, length=length, seed=options.get("seed", 0),
-                            mnist_dir=mnist_dir, layout=layout, held_out=True, size=size, grey=grey)
-    found, wanted = tuple(sequences.frame_shape), tuple(model.config.frame_shape)
-    if found != wanted:
-        raise DataError(f"{data} has frames of shape {found}; the model was trained on {wanted}{shape_hint(found, wanted)}")
-    return sequences
-
-
 def clip_windows_input(
     model: VRNN, folder: str | os.PathLike[str], length: int, *, size: Any = None, grey: bool = False,
 ) -> tuple[Any, list[str]]:
@@ -407,15 +396,3 @@ def clip_windows_input(
         raise DataError(f"{folder}: no clip has the {length} frames of a window (the longest has "
                         f"{max(clips.lengths)}); lower --context or --horizon")
     return windows, [clips.names[int(i)] for i in windows.clip_of]
-
-
-def evaluate_clips(
-    model: VRNN, folder: str | os.PathLike[str], *, size: Any = None, grey: bool = False, **options: Any,
-) -> dict[str, Any]:
-    """``evaluate`` on a folder of clips: every window of ``context + horizon`` frames of every
-    clip (no overlap; a clip shorter than one window gives none), the prediction figures also
-    per clip (``prediction.per_group``)."""
-    length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
-    windows, names = clip_windows_input(model, folder, length, size=size, grey=grey)
-    options["horizon"] = length - options.get("context", 5)
-    return evaluate_sequences(model, windows, groups=names, **options)

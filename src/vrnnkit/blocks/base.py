@@ -22,6 +22,12 @@ short: ``precompute`` runs once over the features of every frame before the loop
 runs at each time step. Their defaults (identity, then ``forward``) let a plug-in implement
 only ``forward``.
 
+A model with a per-step input u_t (an action: ``vrnnkit.model.actions``) builds the posterior
+and the recurrence with ``feature_dim`` widened by the input's embedding a_t, which it appends
+to e_t; a prior or decoder class with ``reads_actions = True`` is built with ``action_dim`` (the
+embedding's width) and called with ``actions=a_t`` (the mlp ones append it to h_{t-1}); any
+other prior or decoder gets ``h_{t-1} + W a_t`` in place of h_{t-1} and needs no change.
+
 A posterior that also reads the frames after step t (a smoothing one, ``blocks/smoothing.py``)
 sets ``reads_future = True``: the model then calls ``precompute(e, mask)`` with the step mask
 (T, B) (None: every step observed) so that it reads no padding, and ``forward(e, h, mask)``

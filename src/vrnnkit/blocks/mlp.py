@@ -49,7 +49,11 @@ class MLPEncoder(nn.Module):
 @register("decoder", "mlp")
 class MLPDecoder(nn.Module):
     """p(x_t | z_t, h_{t-1})'s parameters from [phi_z(z_t), h_{t-1}] through ``layers`` hidden
-    layers (``dropout`` after each activation); any frame shape, vectors or images."""
+    layers (``dropout`` after each activation); any frame shape, vectors or images. A model
+    with inputs builds it with ``action_dim`` and passes the embedding a_t, appended to h_{t-1}."""
+
+    reads_actions = True
+    """Built with ``action_dim`` and called with ``actions=`` by a model with inputs (``vrnnkit.model.actions``)."""
 
     def __init__(
         self,
@@ -61,15 +65,16 @@ class MLPDecoder(nn.Module):
         layers: int = 2,
         activation: str = "relu",
         dropout: float = 0.0,
+        action_dim: int = 0,
     ) -> None:
         super().__init__()
         check_positive(latent_dim=latent_dim, h_dim=h_dim, params_per_element=params_per_element)
         self.out_shape = (params_per_element, *frame_shape)
-        self.body = mlp(latent_dim + h_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
+        self.body = mlp(latent_dim + h_dim + action_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
         self.head = nn.Linear(hidden or h_dim, numel(self.out_shape))
 
-    def forward(self, f: Tensor, h: Tensor) -> Tensor:
-        out = self.head(self.body(torch.cat([f, h], dim=-1)))
+    def forward(self, f: Tensor, h: Tensor, actions: Tensor | None = None) -> Tensor:
+        out = self.head(self.body(torch.cat([f, h] if actions is None else [f, h, actions], dim=-1)))
         return out.view(out.shape[0], *self.out_shape)
 
 
@@ -90,7 +95,11 @@ class _GaussianHead(nn.Module):
 
 @register("prior", "mlp")
 class MLPPrior(nn.Module):
-    """p(z_t | h_{t-1}) = N(mu, sd^2) from h_{t-1} through ``layers`` hidden layers (eq. 5)."""
+    """p(z_t | h_{t-1}) = N(mu, sd^2) from h_{t-1} through ``layers`` hidden layers (eq. 5); with
+    ``action_dim`` (a model with inputs), p(z_t | h_{t-1}, u_t) from [h_{t-1}, a_t]."""
+
+    reads_actions = True
+    """Built with ``action_dim`` and called with ``actions=`` by a model with inputs (``vrnnkit.model.actions``)."""
 
     def __init__(
         self,
@@ -101,14 +110,15 @@ class MLPPrior(nn.Module):
         activation: str = "relu",
         min_std: float = 1e-3,
         dropout: float = 0.0,
+        action_dim: int = 0,
     ) -> None:
         super().__init__()
         check_positive(h_dim=h_dim, z_dim=z_dim)
-        self.body = mlp(h_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
+        self.body = mlp(h_dim + action_dim, _widths(hidden or h_dim, layers), activation, dropout=dropout)
         self.head = _GaussianHead(hidden or h_dim, z_dim, min_std)
 
-    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.body(h))
+    def forward(self, h: Tensor, actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.head(self.body(h if actions is None else torch.cat([h, actions], dim=-1)))
 
 
 @register("prior", "standard-normal")

@@ -6,13 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from vrnnkit import api
 from vrnnkit.cli.common import app, errors, friendly_errors, note, say
 from vrnnkit.cli.infer import Grey, Size
 from vrnnkit.data import download
+from vrnnkit.data.actions import load_action_data
 from vrnnkit.data.catalog import DATA_ENV, DATASETS, get_dataset
 from vrnnkit.data.sources import CHUNK
 
@@ -60,6 +69,76 @@ def data_moving_mnist(
     """Moving MNIST from MNIST digits; pick disjoint digit ranges for training and test."""
     _write(out, "moving-mnist", count, seed=seed, length=length, mnist_dir=mnist_dir, split=split,
            digit_start=digit_start, digit_stop=digit_stop, stochastic=stochastic, digits=digits, canvas=canvas)
+
+
+@data_app.command("pushed-ball")
+@friendly_errors
+def data_pushed_ball(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npz file to write: frames (uint8, (N, T, H, W)) and actions (float32, (N, T, 2 x balls)).")],
+    sequences: Annotated[int, typer.Option(min=1, help="Number of sequences.")] = 2000,
+    steps: Annotated[int, typer.Option(min=2, help="Frames per sequence.")] = 20,
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels.")] = 32,
+    balls: Annotated[int, typer.Option(min=1, help="Balls per frame, each pushed by its own 2-D force.")] = 1,
+    walls: Annotated[str, typer.Option(help="What a wall does to a ball: bounce or stop.")] = "bounce",
+    hold: Annotated[float, typer.Option(min=0.0, max=0.99, help="Probability that a step keeps the previous step's force.")] = 0.6,
+    seed: Seed = 0,
+) -> None:
+    """A ball pushed by a random 2-D force each step, with the forces: data with actions for a world model.
+
+    actions[:, t] is the force applied before frame t (actions[:, 0] is zeros)."""
+    with Progress(console=errors, transient=True, disable=sequences <= CHUNK) as progress:
+        task = progress.add_task(f"writing {out.name}", total=sequences)
+        shape = api.write_pushed_ball(out, sequences, steps=steps, size=size, balls=balls, walls=walls, hold=hold,
+                                      seed=seed, on_progress=lambda done, _: progress.update(task, completed=done))
+    say(f"wrote {out}: {shape[0]} sequences of shape {shape[1:]}, uint8, with {2 * balls} action values a step")
+
+
+@data_app.command("gym")
+@friendly_errors
+def data_gym(
+    env_id: Annotated[str, typer.Argument(metavar="ENV_ID", help="A gymnasium environment, e.g. CarRacing-v3 or ALE/Pong-v5.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npz file to write: frames (uint8, (N, T, SIZE, SIZE, 3)), actions, rewards, lengths.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to record.")] = 10,
+    policy: Annotated[str, typer.Option(help="random (uniform actions), sticky (random actions held for a while) or heuristic (a noisy driver on CarRacing; sticky elsewhere).")] = "heuristic",
+    size: Annotated[int, typer.Option(min=8, help="Frame side in pixels (square, colour).")] = 64,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Frames recorded per episode at most (default: the environment's limit, else 1000).", show_default=False)] = None,  # noqa: UP045
+    skip_frames: Annotated[Optional[int], typer.Option(min=0, help="Steps left out at the start of each episode (default: 50 for CarRacing's zoom-in, else 0).", show_default=False)] = None,  # noqa: UP045
+    stickiness: Annotated[float, typer.Option(min=0.0, max=0.99, help="For sticky: the probability of repeating the previous action.")] = 0.8,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the environment (episode i resets with SEED + i) and the policy.")] = 0,
+) -> None:
+    """Record episodes of a gymnasium environment with the actions taken (needs pip install 'vrnnkit[gym]').
+
+    actions[:, t] is the action that led to frame t. Rendering is headless; frames are written
+    to disk as they come, so memory stays small."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} episodes"),
+                  TimeElapsedColumn(), console=errors, transient=True, disable=not errors.is_terminal) as progress:
+        task = progress.add_task(f"recording {env_id}", total=episodes)
+
+        def report(episode: int, frames: int) -> None:
+            progress.update(task, completed=episode, description=f"{env_id} episode {episode + 1}: {frames} frames")
+
+        summary = api.record_gym(out, env_id, episodes, policy=policy, size=size, max_steps=max_steps,
+                                 skip_frames=skip_frames, stickiness=stickiness, seed=seed, on_step=report)
+    say(f"wrote {out}: {summary['episodes']} episodes, {summary['frames']:,} frames, frames of shape "
+        f"{summary['shape']}; actions of {summary['action_space']}")
+
+
+@data_app.command("check-actions")
+@friendly_errors
+def data_check_actions(
+    path: Annotated[Path, typer.Argument(help="A .npz with frames and actions, or a folder of them.", show_default=False)],
+    action_classes: Annotated[Optional[int], typer.Option(min=2, help="Number of classes of integer (discrete) actions, one-hot encoded (default: the file's action_classes).", show_default=False)] = None,  # noqa: UP045
+    layout: Annotated[Optional[str], typer.Option(help="Layout of the frames, e.g. NTHW, NTHWC (guessed by default).", show_default=False)] = None,  # noqa: UP045
+) -> None:
+    """Read frames with their actions as training would, and say what they hold (or what is wrong)."""
+    data = load_action_data(path, action_classes=action_classes, layout=layout)
+    count, steps = data.frames.shape[:2]
+    lengths = "" if data.lengths is None else f" (observed: {int(data.lengths.min())} to {int(data.lengths.max())})"
+    names = "" if data.action_names is None else f" ({', '.join(data.action_names)})"
+    low, high = data.actions.min(axis=(0, 1)), data.actions.max(axis=(0, 1))
+    say(f"{path}: {count} sequences of {steps} steps{lengths}; frames {data.frame_shape} {data.frames.dtype}; "
+        f"{data.action_dim} action values a step{names}, from {np.array2string(low, precision=3)} to "
+        f"{np.array2string(high, precision=3)}")
 
 
 @data_app.command("convert")

@@ -32,6 +32,9 @@ Size = Annotated[Opt[str], typer.Option(metavar="SIZE|HxW", show_default=False, 
     "Resize frames as they are read: SIZE (square, e.g. 64) or HEIGHTxWIDTH (e.g. 64x48); area averaging "
     "when shrinking, bilinear when enlarging; at least 8."))]
 Grey = Annotated[bool, typer.Option("--grey", help="Convert colour frames to grey (BT.601 luma) as they are read.", **Flag)]
+Actions = Annotated[Opt[Path], typer.Option("--actions", show_default=False, help=(
+    "World models: an action plan, .npy or .npz, (T, A) or (K, T, A) for K plans (integer class ids (T,) or (K, T) "
+    "are one-hot encoded); row t is the action before the t-th generated frame (docs/world_models.md)."))]
 
 
 def _load(ckpt: Path | None) -> Any:
@@ -54,15 +57,17 @@ def sample(
         "default samples.gif (vector models: samples.npy) in the current folder, replaced if it exists."))] = None,
     ckpt: Ckpt = None,
     num: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 8,
-    steps: Annotated[int, typer.Option(min=1, help="Frames per clip.")] = 20,
+    steps: Annotated[Opt[int], typer.Option(min=1, show_default=False, help="Frames per clip (default 20; with --actions, the plan's steps).")] = None,
     seed: Seed = 0,
     mean: Mean = None,
     feedback: SampleFeedback = None,
+    actions: Actions = None,
 ) -> None:
-    """Sample new clips from a trained model's prior, starting from h_0."""
+    """Sample new clips from a trained model's prior, starting from h_0 (a world model: under --actions, --num clips per plan)."""
     model, note_range = _load_music(ckpt)
     out = out or Path(api.DEFAULT_SAMPLES[model.config.is_image])
-    api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range, feedback=feedback)
+    clips = api.sample(model, num, steps, seed=seed, mean=mean, out=out, note_range=note_range, feedback=feedback, actions=actions)
+    num, steps = clips.shape[:2]
     say(f"wrote {_written(out, num)}: {num} {'clip' if num == 1 else 'clips'} of {steps} frames")
 
 
@@ -99,14 +104,18 @@ def predict(
     seed: Seed = 0,
     mean: Mean = None,
     feedback: Feedback = None,
+    actions: Actions = None,
 ) -> None:
-    """Predict several futures of each sequence in INPUT from its first --context frames."""
+    """Predict several futures of each sequence in INPUT from its first --context frames; a world model,
+    under INPUT's recorded actions or under the plans of --actions (rows of futures per plan)."""
     model, note_range = _load_music(ckpt)
     result = api.predict_file(model, input, out, json_out=json_out, layout=layout, resize=resize, size=size,
                               grey=grey, context=context, horizon=horizon, samples=samples, seed=seed, mean=mean,
-                              split=split, note_range=note_range, feedback=feedback)
+                              split=split, note_range=note_range, feedback=feedback, actions=actions)
     count = result.futures.shape[0] * result.futures.shape[1]
-    say(f"wrote {_written(result.path, count)}: {result.futures.shape[0]} sequence(s) x {samples} futures of {result.horizon} frames")
+    plans = f" ({count // result.futures.shape[0] // samples} plans x {samples})" if actions is not None else ""
+    say(f"wrote {_written(result.path, count)}: {result.futures.shape[0]} sequence(s) x {result.futures.shape[1]} futures{plans} "
+        f"of {result.horizon} frames")
     if result.no_metrics:
         note(f"no PSNR/SSIM: {result.no_metrics}")
     if result.metrics is not None:
@@ -172,6 +181,7 @@ def evaluate_command(
         if data in BUILTIN_DATA:
             note(f"evaluated on {report['num_sequences']} held-out {data} sequences")
         _print_report(report)
+        _print_shuffled(report)
     if json_out is not None:
         say(f"wrote {json_out}")
     if plot is not None:
@@ -232,6 +242,26 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(_prediction_table(prediction))
         if prediction.get("per_group"):
             console.print(_per_clip_table(prediction["per_group"]))
+
+
+def _print_shuffled(report: dict[str, Any]) -> None:
+    """A world model's figures with the actions shuffled between clips, and how far they fall."""
+    if report.get("actions") and report["actions"] != "recorded":
+        note(f"actions {report['actions']}")
+    shuffled = report.get("shuffled_actions")
+    if not shuffled:
+        return
+    if shuffled.get("skipped"):
+        say(f"shuffled actions skipped: {shuffled['skipped']}")
+        return
+    say("the same model with the actions shuffled between clips (how much it uses them):")
+    _print_report({**report, **shuffled})
+    recorded, other = report["likelihood"]["elbo"], shuffled["likelihood"]["elbo"]
+    line = f"ELBO {recorded:.2f} under the recorded actions, {other:.2f} shuffled ({recorded - other:+.2f} nats per sequence)"
+    if not report["prediction"].get("skipped"):
+        ours, theirs = (r["prediction"]["psnr"]["mean_of_n"]["per_step"][-1] for r in (report, shuffled))
+        line += f"; PSNR at the last step, mean of the samples: {ours:.2f} vs {theirs:.2f} dB ({ours - theirs:+.2f})"
+    say(line)
 
 
 def _per_clip_table(per_clip: dict[str, Any]) -> Table:

@@ -39,6 +39,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("transpose", DATA, "Vector data (piano rolls): shift each training window by a random whole number of steps (semitones) in [-N, N] along its notes, keeping every note on the keyboard; 0: off.", {"min": 0, "metavar": "N"}),
     ("num_sequences", DATA, "Generated datasets (bouncing-balls, moving-mnist): how many sequences.", {"min": 1}),
     ("seq_len", DATA, "Frames per training window; 0 or full: whole sequences (data of different lengths).", {"metavar": "N|full"}),
+    ("action_classes", DATA, "Data with integer (discrete) actions: their number of classes, one-hot encoded (default: the file's action_classes).", {"min": 1}),
     ("fps", DATA, "MIDI folders: time steps per second (default: one step per quarter note).", {"min": 0.0}),
     ("val_fraction", DATA, "Share of sequences held out for validation.", {"min": 0.0, "max": 0.99}),
     ("workers", DATA, "DataLoader worker processes.", {"min": 0}),
@@ -55,6 +56,7 @@ OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("layers", MODEL, "Recurrent layers.", {"min": 1}),
     ("skip_context", MODEL, "Skip decoders: 0 takes skips from the previous frame; N from the previous frame up to frame N, then holds frame N (SVG).", {"min": 0}),
     ("skip_residual", MODEL, "Skip decoders: predict the change from the skip frame (copying it is where training starts).", {}),
+    ("action_embedding", MODEL, "Data with actions: the width of each action's embedding, which the prior, posterior, recurrence and decoder read.", {"min": 1}),
     ("frame_difference", MODEL, "The encoder also reads each frame's change from the previous one, so motion is in what it sees (default: on for images, off for vectors).", {}),
     ("steps", OPTIMISATION, f"Optimiser steps ({DEFAULT_STEPS} when --epochs is not given).", {"min": 1}),
     ("epochs", OPTIMISATION, "Passes over the training windows, instead of --steps.", {"min": 1}),
@@ -102,7 +104,8 @@ def _parameters() -> list[inspect.Parameter]:
         return inspect.Parameter(name, keyword, default=None, annotation=Annotated[Optional[kind], info])  # noqa: UP045
 
     data_help = ("A .npy/.npz/.gif/.mp4 file; sequences of different lengths: a note-list .json (train split, "
-                 "valid for validation), a .npz of several arrays or with lengths, a folder of .npy/.mid files; "
+                 "valid for validation), a .npz of several arrays or with lengths, a folder of .npy/.mid files; frames with actions "
+                 "(a .npz with 'frames' and 'actions', or a folder of them: a world model, docs/world_models.md); "
                  "or bouncing-balls (default), moving-mnist, seq-mnist, jsb-chorales (downloaded into the data cache when missing).")
     params = [inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
         Optional[str], typer.Argument(help=data_help, show_default=False)])]  # noqa: UP045

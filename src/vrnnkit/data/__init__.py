@@ -7,6 +7,7 @@ Every bad input raises :class:`vrnnkit.errors.DataError` naming the file, what w
 what was found.
 """
 
+from vrnnkit.data.actions import ActionSequences, has_actions, load_action_data, load_action_plan
 from vrnnkit.data.balls import bouncing_balls
 from vrnnkit.data.checks import check_unit_range
 from vrnnkit.data.datasets import WindowDataset, train_val_split
@@ -33,6 +34,7 @@ from vrnnkit.data.varlen import (
 
 __all__ = [
     "PIANO_KEYS",
+    "ActionSequences",
     "LayoutWarning",
     "LengthBucketSampler",
     "NoteRange",
@@ -42,6 +44,9 @@ __all__ = [
     "WindowDataset",
     "bouncing_balls",
     "check_unit_range",
+    "has_actions",
+    "load_action_data",
+    "load_action_plan",
     "load_mnist",
     "load_piano_roll_json",
     "load_sequences",

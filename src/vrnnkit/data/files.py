@@ -148,6 +148,9 @@ def _check_npz_member(path: Path, archive: zipfile.ZipFile, key: str) -> None:
         except Exception as err:  # numpy's header parser raises ValueError, SyntaxError, TokenError...
             raise DataError(f"{path}: the array {key!r} has a damaged .npy header ({type(err).__name__}: {err})") from err
         start = member.tell()
+    if dtype.hasobject:  # its size says nothing: the objects are pickled after the header
+        raise DataError(f"{path}: expected a numeric array under {key!r}, found an array of Python objects "
+                        "(it would need unpickling, which vrnnkit never does)")
     claimed = math.prod(shape) * dtype.itemsize
     if claimed > info.file_size - start:
         raise DataError(

@@ -106,6 +106,7 @@ def evaluate(
     seed: int = 0,
     device: str | torch.device | None = None,
     groups: Sequence[str] | None = None,
+    actions: Tensor | np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on test sequences: the report described in the module docstring.
 
@@ -133,6 +134,8 @@ def evaluate(
             (in place, as ``nn.Module.to`` does).
         groups: a name per sequence (the clip a window was cut from, say): the prediction
             report then also holds ``per_group``, the same figures over each group's sequences.
+        actions: a model with inputs (``action_dim`` > 0): each sequence's actions (S, T, A),
+            u_t the action before frame t; prediction imagines the futures under the recorded ones.
 
     Prediction runs for image models only; it is skipped, with the reason in
     ``prediction.skipped``, for vector frames, for frames under 11x11 (SSIM's window), and when
@@ -168,6 +171,7 @@ def evaluate(
         model.to(device)
     parameter = next(model.parameters())
     batches = _batches(data, batch_size, steps, frame_shape, parameter.device, parameter.dtype)
+    batches = _with_actions(batches, actions, batch_size, (num_sequences, steps), parameter)
     was_training = model.training
     model.eval()
     try:
@@ -189,7 +193,7 @@ def evaluate(
 
 
 def _accumulate(
-    model: VRNN, batches: Iterator[Tensor], *, checked: bool, iwae_samples: int, chunk_size: int | None,
+    model: VRNN, batches: Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]], *, checked: bool, iwae_samples: int, chunk_size: int | None,
     bounds: tuple[str, ...], prediction: tuple[int, int, int] | None, seed: int,
 ) -> tuple[dict[str, list[Tensor]], dict[str, list[Tensor]]]:
     """Per-sequence likelihood figures and prediction curves, batch by batch.
@@ -201,21 +205,23 @@ def _accumulate(
     )
     totals: dict[str, list[Tensor]] = {"elbo": [], "nll": [], "kl": [], "nats_per_dim": [], "iwae": [], "fivo": []}
     curves: dict[str, list[Tensor]] = {}
-    for x in batches:
+    for batch in batches:
+        x, u = batch if isinstance(batch, tuple) else (batch, None)
         if not checked:
             check_unit_range(x, "data")
-        out = model(x, generator=elbo_generator)
+        out = model(x, generator=elbo_generator, actions=u)
         totals["elbo"].append(out.elbo)
         totals["nll"].append(out.nll.expand(len(x)))  # batch means, weighted by batch size
         totals["kl"].append(out.kl.expand(len(x)))
         totals["nats_per_dim"].append(-out.elbo / out.dims)
         if "iwae" in bounds:
-            totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator))
+            totals["iwae"].append(model.log_likelihood(x, iwae_samples, chunk_size=chunk_size, generator=iwae_generator, actions=u))
         if "fivo" in bounds:
-            totals["fivo"].append(fivo_log_likelihood(model, x, iwae_samples, generator=fivo_generator))
+            totals["fivo"].append(fivo_log_likelihood(model, x, iwae_samples, generator=fivo_generator, actions=u))
         if prediction is not None:
             context, horizon, samples = prediction
-            futures = model.predict(x[:, :context], horizon, samples, generator=predict_generator)
+            plan = None if u is None else u[:, : context + horizon]
+            futures = model.predict(x[:, :context], horizon, samples, generator=predict_generator, actions=plan)
             batch_curves = prediction_curves(futures, x[:, context : context + horizon], x[:, context - 1])
             for key, curve in batch_curves.items():
                 curves.setdefault(key, []).append(curve)
@@ -339,6 +345,19 @@ def _batches(
         if not batch.is_floating_point():
             raise DataError(f"data must hold floating-point frames, got dtype {batch.dtype}")
         yield batch.to(device=device, dtype=dtype)
+
+
+def _with_actions(
+    batches: Iterator[Tensor], actions: Tensor | np.ndarray | None, batch_size: int, size: tuple[int, int], like: Tensor,
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, Tensor]]:
+    """Each batch of frames with its sequences' actions (b, T, A), checked against the data's
+    (S, T); the batches themselves without actions."""
+    if actions is None:
+        return batches
+    if len(actions) != size[0] or actions.ndim != 3 or actions.shape[1] != size[1]:
+        raise DataError(f"actions of shape {tuple(actions.shape)} for {size[0]} sequences of {size[1]} frames; "
+                        "expected (sequences, time, action_dim)")
+    return zip(batches, _batches(actions, batch_size, size[1], tuple(actions.shape[2:]), like.device, like.dtype), strict=True)
 
 
 def _as_tensor(value: Any) -> Tensor:

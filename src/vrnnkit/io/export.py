@@ -6,6 +6,10 @@ deterministic:
     OUT.onnx         the generative step  (state, noise) -> (params, frame, next_state)
     OUT.filter.onnx  the filtering step   (frame, state, noise) -> (next_state, z)
 
+A model with inputs (``action_dim`` > 0, ``vrnnkit.model.actions``) takes one more input in
+both graphs, ``action`` (B, action_dim): u_t, the input before the frame of the step (the one
+filtered, or the one generated: the plan a future is imagined under).
+
 (A model whose posterior reads later frames, ``posterior = "smoothing"``, has no filtering
 step: its ONNX export is refused; ``pt2`` and ``safetensors`` work.)
 
@@ -87,9 +91,9 @@ class GenerativeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, state: Tensor, noise: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         rnn_state, last, reference = _unpack(self.model, state)
-        params, frame, next_state, new_reference = self.model.generate_step(rnn_state, noise, reference, previous=last)
+        params, frame, next_state, new_reference = self.model.generate_step(rnn_state, noise, reference, previous=last, action=action)
         if self.model.uses_skips and self.model.config.skip_context == 0:
             reference = new_reference
         return params, frame, _pack(next_state, frame if last is not None else None, reference)
@@ -103,9 +107,9 @@ class FilterStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frame: Tensor, state: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, frame: Tensor, state: Tensor, noise: Tensor, action: Tensor | None = None) -> tuple[Tensor, Tensor]:
         rnn_state, last, _ = _unpack(self.model, state)
-        next_state, z, reference = self.model.filter_step(frame, rnn_state, noise, previous=last, with_reference=True)
+        next_state, z, reference = self.model.filter_step(frame, rnn_state, noise, previous=last, with_reference=True, action=action)
         return _pack(next_state, frame if last is not None else None, reference), z
 
 
@@ -149,7 +153,8 @@ def export(model: VRNN, out: str | os.PathLike[str], fmt: str = "onnx", *, steps
         with _quiet_exporter():
             torch.export.save(program, buffer)
         write_bytes(out, buffer.getvalue())
-        return {"format": fmt, "files": [str(out)], "graph": "generative step (state, noise) -> (params, frame, next_state)"}
+        inputs = "state, noise, action" if model.config.action_dim else "state, noise"
+        return {"format": fmt, "files": [str(out)], "graph": f"generative step ({inputs}) -> (params, frame, next_state)"}
     return _export_onnx(model, out, steps, tolerance, seed)
 
 
@@ -181,9 +186,10 @@ def _quiet_exporter() -> Iterator[None]:
 def _example_inputs(model: VRNN, step: type[nn.Module], batch: int = 2) -> tuple[Tensor, ...]:
     state = torch.zeros(batch, state_size(model))
     noise = torch.zeros(batch, model.config.z_dim)
+    action = (torch.zeros(batch, model.config.action_dim),) if model.config.action_dim else ()
     if step is GenerativeStep:
-        return state, noise
-    return torch.zeros(batch, *model.config.frame_shape), state, noise
+        return state, noise, *action
+    return torch.zeros(batch, *model.config.frame_shape), state, noise, *action
 
 
 def _export_onnx(model: VRNN, out: Path, steps: int, tolerance: float, seed: int) -> dict[str, Any]:
@@ -192,9 +198,10 @@ def _export_onnx(model: VRNN, out: Path, steps: int, tolerance: float, seed: int
         import onnxscript  # noqa: F401
     except ImportError:
         raise ConfigError(f"ONNX export needs the export extra: {INSTALL_HINT}") from None
+    action = ["action"] if model.config.action_dim else []
     graphs = {
-        out: (GenerativeStep(model).eval(), ["state", "noise"], ["params", "frame", "next_state"]),
-        filter_path(out): (FilterStep(model).eval(), ["frame", "state", "noise"], ["next_state", "z"]),
+        out: (GenerativeStep(model).eval(), ["state", "noise", *action], ["params", "frame", "next_state"]),
+        filter_path(out): (FilterStep(model).eval(), ["frame", "state", "noise", *action], ["next_state", "z"]),
     }
     with atomic_path(out) as generative_tmp, atomic_path(filter_path(out)) as filter_tmp, _quiet_exporter():
         temporary = {out: generative_tmp, filter_path(out): filter_tmp}
@@ -246,17 +253,20 @@ def _parity(model: VRNN, generative: Path, filtering: Path, steps: int, seed: in
     for phase in ("filter", "generate"):
         for _ in range(steps):
             noise = rng.standard_normal((batch, model.config.z_dim), dtype=np.float32)
+            action = rng.standard_normal((batch, model.config.action_dim), dtype=np.float32) if model.config.action_dim else None
+            fed = {} if action is None else {"action": action}
+            inputs = () if action is None else (torch.from_numpy(action),)
             if phase == "filter":
                 frame = rng.random((batch, *model.config.frame_shape), dtype=np.float32)
-                expected = filter_step(torch.from_numpy(frame), reference, torch.from_numpy(noise))
-                got = filter_session.run(None, {"frame": frame, "state": reference.numpy(), "noise": noise})
-                free = filter_session.run(None, {"frame": frame, "state": free, "noise": noise})[0]
+                expected = filter_step(torch.from_numpy(frame), reference, torch.from_numpy(noise), *inputs)
+                got = filter_session.run(None, {"frame": frame, "state": reference.numpy(), "noise": noise, **fed})
+                free = filter_session.run(None, {"frame": frame, "state": free, "noise": noise, **fed})[0]
                 pairs = zip(got, expected, strict=True)
                 reference = expected[0]
             else:
-                expected = generative_step(reference, torch.from_numpy(noise))
-                got = generative_session.run(None, {"state": reference.numpy(), "noise": noise})
-                free = generative_session.run(None, {"state": free, "noise": noise})[2]
+                expected = generative_step(reference, torch.from_numpy(noise), *inputs)
+                got = generative_session.run(None, {"state": reference.numpy(), "noise": noise, **fed})
+                free = generative_session.run(None, {"state": free, "noise": noise, **fed})[2]
                 # Frames and states, not raw parameters: logits of tens differ by float32 rounding.
                 pairs = zip(got[1:], expected[1:], strict=True)
                 reference = expected[2]

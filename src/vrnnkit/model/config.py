@@ -33,6 +33,10 @@ class VRNNConfig:
     (``[x_t, x_t - x_{t-1}]``, zeros before the first frame), so that motion is in what the
     encoder sees rather than something the recurrence must work out from two states; ``None``
     (the training default) turns it on for image frames.
+
+    ``action_dim`` > 0 gives the model an input u_t per step (an action), embedded in
+    ``action_embedding`` values that the prior, the posterior, the recurrence and the decoder
+    read (``vrnnkit.model.actions``); training takes it from the data.
     """
 
     frame_shape: tuple[int, ...] | None = None
@@ -44,6 +48,8 @@ class VRNNConfig:
     skip_context: int = 0  # skip decoders: 0 = skips from the previous frame; N = held after frame N
     skip_residual: bool = False  # skip decoders: predict the change from the reference frame
     frame_difference: bool | None = False  # phi_x also reads x_t - x_{t-1}; None: on for image frames
+    action_dim: int = 0  # width of the per-step input u_t (actions); 0: none (vrnnkit.model.actions)
+    action_embedding: int = 32  # width of its embedding a_t, which the blocks read
     encoder: str = "auto"
     decoder: str = "auto"
     prior: str = "mlp"
@@ -78,6 +84,9 @@ class VRNNConfig:
             raise ConfigError(f"sizes must be positive integers, got {', '.join(bad)}")
         if not is_count(self.skip_context, 0):
             raise ConfigError(f"skip_context must be a whole number >= 0, got {self.skip_context!r}")
+        if not is_count(self.action_dim, 0) or not is_count(self.action_embedding):
+            raise ConfigError(f"action_dim must be a whole number >= 0 and action_embedding one >= 1, "
+                              f"got {self.action_dim!r} and {self.action_embedding!r}")
         if not isinstance(self.skip_residual, bool):
             raise ConfigError(f"skip_residual must be true or false, got {self.skip_residual!r}")
         if self.frame_difference is not None and not isinstance(self.frame_difference, bool):

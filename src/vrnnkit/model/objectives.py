@@ -71,16 +71,17 @@ BOUNDS = OBJECTIVES
 
 def elbo_output(
     model: VRNN, x: Tensor, step_mask: Tensor | None, *, latent_weight: float = 1.0, free_bits: float = 0.0,
-    generator: torch.Generator | None = None, **_: Any,
+    generator: torch.Generator | None = None, actions: Tensor | None = None, **_: Any,
 ) -> VRNNOutput:
     """The training figures of the ELBO over a batch ``x`` (B, T, ...) whose padding is already
     zeroed: ``loss`` is the batch mean of NLL + ``latent_weight`` * KL, the KL floored by
-    ``free_bits``; ``elbo`` holds each sequence's ELBO (KL not floored)."""
+    ``free_bits``; ``elbo`` holds each sequence's ELBO (KL not floored). ``actions``: the
+    checked inputs of a model with inputs (``VRNN.checked_actions``), here and below."""
     batch, steps = x.shape[:2]
-    features, maps = model.encode(x)
+    features, maps = model.encode(x, actions)
     filtered = model.filter(features, model.noise(steps, batch, x, generator), mask=step_mask)
     nll = -model.log_prob_frames(x, filtered, model.references(maps, steps))
-    mean_p, std_p = model.prior_params(filtered.h)
+    mean_p, std_p = model.prior_params(filtered.h, filtered.actions)
     kl = normal_kl(filtered.mean, filtered.std, mean_p, std_p).sum(-1)
     if step_mask is not None:
         nll, kl = masked(nll, step_mask), masked(kl, step_mask)
@@ -118,6 +119,7 @@ def particle_output(
     threshold: float = DEFAULT_THRESHOLD,
     generator: torch.Generator | None = None,
     gradient: str = "reparam",
+    actions: Tensor | None = None,
     **_: Any,
 ) -> VRNNOutput:
     """The training figures of ``objective`` ("iwae" or "fivo") over a batch ``x`` (B, T, ...)
@@ -129,14 +131,14 @@ def particle_output(
     batch, steps = x.shape[:2]
     surrogate = None
     if objective == "iwae":
-        features, filtered, reference = _iwae_paths(model, x, step_mask, particles, generator)
+        features, filtered, reference = _iwae_paths(model, x, step_mask, particles, generator, encoded=model.encode(x, actions))
         terms = _path_terms(model, x, filtered, reference, step_mask, particles)
         log_w = (terms[0] + latent_weight * (terms[1] - terms[2])).sum(1).view(particles, batch)
         bound = torch.logsumexp(log_w, 0) - math.log(particles)
         if gradient == "dreg":
             surrogate = _dreg_surrogate(model, features, filtered, step_mask, terms, log_w, latent_weight)
     elif objective == "fivo":
-        bound, terms = _fivo(model, x, step_mask, particles, latent_weight, threshold, generator)
+        bound, terms = _fivo(model, x, step_mask, particles, latent_weight, threshold, generator, actions)
     else:
         raise ValueError(f"objective must be iwae or fivo here, got {objective!r}")
     log_px, log_pz, log_qz = (t.view(particles, batch, steps) for t in terms)
@@ -156,16 +158,17 @@ def particle_output(
 @torch.no_grad()
 def iwae_log_likelihood(
     model: VRNN, x: Tensor, k: int = 100, *, chunk_size: int | None = None, mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, actions: Tensor | None = None,
 ) -> Tensor:
     """The IWAE bound of each sequence of ``x`` (B, T, ...) with ``k`` samples, (B,), for
     evaluation (``VRNN.log_likelihood``): the samples run ``chunk_size`` at a time (None:
     ``VRNN.iwae_chunk_size``), all on one encoding of the frames (phi_x is deterministic)."""
     x, step_mask = model.checked_batch(x, mask)
+    actions = model.checked_actions(actions, *x.shape[:2], step_mask, x)
     check_counts(k=k)
     if chunk_size is None:
         chunk_size = model.iwae_chunk_size(*x.shape[:2], k)
-    encoded = model.encode(x)
+    encoded = model.encode(x, actions)
     log_weights = [
         iwae_log_weights(model, x, step_mask, min(chunk_size, k - start), generator, encoded=encoded)
         for start in range(0, k, chunk_size)
@@ -241,7 +244,7 @@ def _path_terms(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The three log-densities of every filtered path at every step, over all steps at once;
     ``xs`` is ``x`` already repeated per particle, when the caller has it."""
-    mean_p, std_p = model.prior_params(filtered.h)
+    mean_p, std_p = model.prior_params(filtered.h, filtered.actions)
     xs = _repeat(x, particles) if xs is None else xs
     terms = (
         model.log_prob_frames(xs, filtered, skips.repeat(reference, particles)),
@@ -262,14 +265,15 @@ def fivo_bound(
     generator: torch.Generator | None = None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    actions: Tensor | None = None,
 ) -> Tensor:
     """The FIVO bound of each sequence of ``x`` (B, T, ...), padding zeroed: (B,)."""
-    return _fivo(model, x, step_mask, particles, 1.0, threshold, generator)[0]
+    return _fivo(model, x, step_mask, particles, 1.0, threshold, generator, actions)[0]
 
 
 def _fivo(
     model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, latent_weight: float,
-    threshold: float, generator: torch.Generator | None,
+    threshold: float, generator: torch.Generator | None, actions: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The particle filter: the bound (B,) and each step's log p(x_t|.), log p(z_t|.),
     log q(z_t|.) of the particles as they were drawn, each (particles * B, T).
@@ -280,13 +284,14 @@ def _fivo(
     After it, the prior, decoder and likelihood run once over all steps with gradients, and
     ``_bound`` accumulates the weights with the resampling the loop chose."""
     batch, steps = x.shape[:2]
-    features, maps = model.encode(x)
+    features, maps = model.encode(x, actions)
     reference = model.references(maps, steps)
     noise = model.noise(steps, particles * batch, x, generator)
+    embedded = None if actions is None else _repeat(features[..., model.config.feature_dim:], particles).unbind(1)
     uniforms = rand((steps, batch), generator=generator, device=x.device, dtype=x.dtype)
     observed = step_mask if step_mask is not None else x.new_ones(batch, steps)
     xs = _repeat(x, particles)
-    hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms)
+    hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms, embedded)
     with _scoring(model.prior, model.decoder):
         filtered = model.filter(features, noise, particles=particles, resample=hook, mask=step_mask)
     terms = _path_terms(model, x, filtered, reference, step_mask, particles, xs=xs)
@@ -320,20 +325,22 @@ class _Resampler:
     ancestors were drawn with (K, B))."""
 
     def __init__(self, model: VRNN, xs: Tensor, reference: list[Tensor] | None, observed: Tensor, particles: int,
-                 latent_weight: float, threshold: float, uniforms: Tensor) -> None:
+                 latent_weight: float, threshold: float, uniforms: Tensor, actions: tuple[Tensor, ...] | None = None) -> None:
         self.model, self.particles, self.latent_weight, self.threshold, self.uniforms = model, particles, latent_weight, threshold, uniforms
         batch, steps = observed.shape
         self.frames = xs.unbind(1)  # the frames repeated per particle (particles * B, T, ...)
         self.reference = _per_step(skips.repeat(reference, particles), particles * batch, steps)
         self.observed = observed > 0
+        self.actions = actions  # each step's a_t of every row, for a model with inputs
         self.log_weights = xs.new_zeros(particles, batch)
         self.events: list[tuple[Tensor, Tensor, Tensor] | None] = []
 
     @torch.no_grad()
     def __call__(self, t: int, h: Tensor, mean: Tensor, std: Tensor, z: Tensor, f: Tensor) -> Tensor | None:
         model, (particles, batch) = self.model, self.log_weights.shape
-        prior_mean, prior_std = model.prior(h)
-        params = model.decode(f, h, self.reference[t] if self.reference else None)
+        a = None if self.actions is None else self.actions[t]
+        prior_mean, prior_std = model.prior_step(h, a)
+        params = model.decode(f, h, self.reference[t] if self.reference else None, a)
         latent = normal_log_prob(z, prior_mean, prior_std).sum(-1) - normal_log_prob(z, mean, std).sum(-1)
         increment = model.likelihood.log_prob(params, self.frames[t]) + self.latent_weight * latent
         observed = self.observed[:, t]
@@ -403,18 +410,21 @@ def parse_bounds(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 @torch.no_grad()
 def fivo_log_likelihood(
     model: VRNN, x: Tensor, particles: int, *, mask: Tensor | None = None,
-    generator: torch.Generator | None = None, threshold: float = DEFAULT_THRESHOLD,
+    generator: torch.Generator | None = None, threshold: float = DEFAULT_THRESHOLD, actions: Tensor | None = None,
 ) -> Tensor:
     """The FIVO bound of each sequence of ``x`` (B, T, ...) with ``particles`` particles, (B,),
     for evaluation: sequences run a few at a time so that a step's K * rows frames stay near
     2**21 values (the particles of one sequence cannot be split: they are resampled together)."""
     x, step_mask = model.checked_batch(x, mask)
+    actions = model.checked_actions(actions, *x.shape[:2], step_mask, x)
     batch = x.shape[0]
     rows = max(1, 2**21 // (particles * math.prod(model.config.frame_shape)))
     parts = []
     for start in range(0, batch, rows):
         part_mask = None if step_mask is None else step_mask[start : start + rows]
-        parts.append(fivo_bound(model, x[start : start + rows], part_mask, particles, generator, threshold=threshold))
+        part_actions = None if actions is None else actions[start : start + rows]
+        parts.append(fivo_bound(model, x[start : start + rows], part_mask, particles, generator, threshold=threshold,
+                                actions=part_actions))
     return torch.cat(parts)
 
 

@@ -50,3 +50,6 @@ class Filtered(NamedTuple):
     z: Tensor
     f: Tensor
     state: Tensor
+    actions: Tensor | None = None
+    """The input embedding a_t of each step (rows, T, W) of a model with inputs
+    (``vrnnkit.model.actions``), which the prior and the decoder read; None otherwise."""

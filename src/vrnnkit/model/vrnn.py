@@ -15,6 +15,10 @@ runs inside the time loop (``filter``). phi_x runs once over every frame before 
 the prior, the decoder and the likelihood run once over every step after it. Generation is
 the exception: a generated frame feeds back into phi_x, so there the whole step is in the loop
 (``generate``).
+
+An optional input u_t per step (an action; ``config.action_dim`` > 0) enters the prior, the
+posterior, the recurrence and the decoder through an embedding a_t computed off the loop:
+``vrnnkit.model.actions`` says where, and why the fused loop needs no change for it.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import vrnnkit.model.generation as generation
 import vrnnkit.model.inputs as inputs
 import vrnnkit.model.skips as skips
 from vrnnkit.blocks.base import posterior_inputs
 from vrnnkit.blocks.distributions import randn
-from vrnnkit.errors import ConfigError, check_counts
+from vrnnkit.errors import ConfigError
+from vrnnkit.model.actions import ActionInput, check_actions, reads_actions
 from vrnnkit.model.config import VRNNConfig
 from vrnnkit.model.fused import Resampler, fused_filter, fused_filter_supported
 from vrnnkit.model.masking import zero_padding
@@ -69,10 +75,16 @@ class VRNN(nn.Module):
             raise ConfigError("the config has no frame_shape; set one (VRNNConfig.with_frame_shape) to build a VRNN")
         self.config = config
         c = config
+        # With inputs, the posterior and the recurrence read [e_t, a_t]; a prior or decoder that
+        # reads_actions is built with the embedding's width (vrnnkit.model.actions).
+        acting = c.action_dim > 0
+        width = c.feature_dim + (c.action_embedding if acting else 0)
+        read = {kind: acting and reads_actions(get_builder(kind, getattr(c, kind))) for kind in ("prior", "decoder")}
+        embedding = {kind: {"action_dim": c.action_embedding} if read[kind] else {} for kind in read}
         self.likelihood = c.build_block("likelihood", **c.likelihood_arguments)
         self.encoder = c.build_block("encoder", frame_shape=self.encoder_input_shape, out_dim=c.feature_dim)
-        self.prior = c.build_block("prior", h_dim=c.h_dim, z_dim=c.z_dim)
-        self.posterior = c.build_block("posterior", feature_dim=c.feature_dim, h_dim=c.h_dim, z_dim=c.z_dim)
+        self.prior = c.build_block("prior", h_dim=c.h_dim, z_dim=c.z_dim, **embedding["prior"])
+        self.posterior = c.build_block("posterior", feature_dim=width, h_dim=c.h_dim, z_dim=c.z_dim)
         self.phi_z = nn.Sequential(nn.Linear(c.z_dim, c.latent_feature_dim), nn.ReLU())
         skip_shapes = skips.skip_arguments(self.encoder, get_builder("decoder", c.decoder), c.encoder, c.decoder)
         self.uses_skips = bool(skip_shapes)
@@ -83,11 +95,13 @@ class VRNN(nn.Module):
             shape = (1, self.likelihood.params_per_element) + (1,) * len(c.frame_shape)
             self.residual_gate = nn.Parameter(torch.zeros(shape))
         self.decoder = c.build_block("decoder", latent_dim=c.latent_feature_dim, h_dim=c.h_dim, frame_shape=c.frame_shape,
-                                     params_per_element=self.likelihood.params_per_element, **skip_shapes)
+                                     params_per_element=self.likelihood.params_per_element, **skip_shapes, **embedding["decoder"])
         self.reads_motion = bool(getattr(self.decoder, "reads_motion", False)) and self.uses_skips
         self.reads_previous = bool(c.frame_difference) or self.reads_motion
-        self.rnn = c.build_block("rnn", feature_dim=c.feature_dim, latent_dim=c.latent_feature_dim, hidden_size=c.h_dim,
+        self.rnn = c.build_block("rnn", feature_dim=width, latent_dim=c.latent_feature_dim, hidden_size=c.h_dim,
                                  num_layers=c.rnn_layers)
+        self.action_input = ActionInput(c.action_dim, c.action_embedding, c.h_dim, fold_prior=not read["prior"],
+                                        fold_decoder=not read["decoder"]) if acting else None
 
     # ------------------------------------------------------------------ training objective
 
@@ -103,6 +117,7 @@ class VRNN(nn.Module):
         particles: int = 1,
         resample_threshold: float = DEFAULT_THRESHOLD,
         gradient: str = "reparam",
+        actions: Tensor | None = None,
     ) -> VRNNOutput:
         """The negative ELBO of a batch ``x`` of shape (B, T, *frame_shape) (or another bound: ``objective``).
 
@@ -113,11 +128,13 @@ class VRNN(nn.Module):
         the prior). ``objective``: ``elbo`` (the KL in closed form), or ``iwae`` or ``fivo`` over
         ``particles`` latent paths per sequence (``vrnnkit.model.objectives``, looked up by name in
         ``vrnnkit.model.objective_registry``); ``gradient="dreg"``: IWAE's doubly reparameterised gradient.
+        ``actions`` (B, T, A): the inputs u_t of a model with inputs (``action_dim`` > 0), padding ignored.
         """
         x, step_mask = self.checked_batch(x, mask)
+        actions = self.checked_actions(actions, *x.shape[:2], step_mask, x)
         figures = get_objective(objective, gradient).output
         return figures(self, x, step_mask, latent_weight=kl_weight, free_bits=free_bits, particles=particles,
-                       threshold=resample_threshold, generator=generator, gradient=gradient)
+                       threshold=resample_threshold, generator=generator, gradient=gradient, actions=actions)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -130,6 +147,7 @@ class VRNN(nn.Module):
         chunk_size: int | None = None,
         mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        actions: Tensor | None = None,
     ) -> Tensor:
         """The importance-weighted lower bound on log p(x) with ``k`` samples, per sequence (B,).
 
@@ -137,10 +155,10 @@ class VRNN(nn.Module):
         ``log w = sum_t [log p(x_t | ·) + log p(z_t | h_{t-1}) - log q(z_t | ·)]`` and the bound
         is ``logsumexp_k(log w) - log k``. k=1 is the ELBO in expectation; the bound tightens
         towards log p(x) as k grows. Samples are processed ``chunk_size`` at a time to bound
-        memory. ``mask`` (B, T) marks observed steps, as in ``forward``.
+        memory. ``mask`` (B, T) marks observed steps and ``actions`` are the inputs, as in ``forward``.
         """
         bound = get_objective("iwae").log_likelihood
-        return bound(self, x, k, chunk_size=chunk_size, mask=mask, generator=generator)
+        return bound(self, x, k, chunk_size=chunk_size, mask=mask, generator=generator, actions=actions)
 
     def iwae_chunk_size(self, batch: int, steps: int, k: int) -> int:
         """How many importance samples ``log_likelihood`` processes at once by default.
@@ -153,55 +171,8 @@ class VRNN(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
-    def sample(
-        self,
-        num: int,
-        steps: int,
-        *,
-        generator: torch.Generator | None = None,
-        mean: bool = True,
-        feedback: str | None = None,
-    ) -> Tensor:
-        """``num`` new sequences of ``steps`` frames, shape (num, steps, *frame_shape).
-
-        Latents come from the prior; each frame is the likelihood's mean (``mean=True``) or a
-        draw from it. ``feedback`` is what phi_x reads back to update the state: ``"mean"``,
-        ``"draw"`` (a draw from the likelihood: ancestral sampling), or None: the frame returned.
-        """
-        check_counts(num=num, steps=steps)
-        device, dtype = self._device_dtype()
-        state = self.rnn.initial_state(num, device=device, dtype=dtype)
-        return self.generate(state, steps, generator, mean, None, first=0, hold=self.config.skip_context, feedback=feedback)
-
-    @torch.no_grad()
-    def predict(
-        self,
-        context: Tensor,
-        horizon: int,
-        samples: int = 1,
-        *,
-        generator: torch.Generator | None = None,
-        mean: bool = True,
-        feedback: str | None = None,
-    ) -> Tensor:
-        """Continue each context sequence (B, C, *frame) for ``horizon`` frames, ``samples``
-        times: shape (B, samples, horizon, *frame).
-
-        The posterior filters the real context frames; then latents come from the prior, with
-        generated frames fed back (``mean`` and ``feedback`` as in ``sample``). The samples of
-        one sequence share its context and differ in their latent draws, the posterior's included.
-        """
-        batch, steps = self.check_frames(context, "context")
-        check_counts(horizon=horizon, samples=samples)
-        features, maps = self.encode(context)
-        features = features.repeat_interleave(samples, dim=0)
-        filtered = self.filter(features, self.noise(steps, batch * samples, context, generator))
-        last = skips.last_frame(maps, batch, steps, samples)
-        hold = steps if self.config.skip_context > 0 else 0  # the last context frame is held
-        previous = context[:, -1].repeat_interleave(samples, dim=0)
-        frames = self.generate(filtered.state, horizon, generator, mean, last, first=steps, hold=hold, previous=previous, feedback=feedback)
-        return frames.view(batch, samples, horizon, *self.config.frame_shape)
+    sample = generation.sample
+    predict = generation.predict
 
     # ------------------------------------------------------------------ the recurrence
 
@@ -213,7 +184,8 @@ class VRNN(nn.Module):
         ``particles`` latent paths per sequence (rows particle-major), with ``resample`` a
         particle filter's hook (``vrnnkit.model.fused.fused_filter``); ``mask`` (B, T) the observed
         steps, read by a posterior that reads later frames (a smoothing one). Returns every step's
-        h_{t-1}, posterior mean and std, z_t and phi_z(z_t), and the final state."""
+        h_{t-1}, posterior mean and std, z_t and phi_z(z_t), the final state, and a_t (the
+        features' last ``action_embedding`` values) for a model with inputs."""
         batch, steps = features.shape[0] * particles, features.shape[1]
         time_major = features.transpose(0, 1)
         if state is None:
@@ -222,8 +194,9 @@ class VRNN(nn.Module):
         posterior_in, rnn_in = posterior_inputs(self.posterior, time_major, mask), self.rnn.precompute(time_major)
         if particles > 1:
             posterior_in, rnn_in = posterior_in.repeat(1, particles, 1), rnn_in.repeat(1, particles, 1)
+        embedded = None if self.action_input is None else features[..., self.config.feature_dim:].repeat(particles, 1, 1)
         if self.fused_loop and self._compiled_step is None and fused_filter_supported(self.posterior, self.rnn, self.phi_z):
-            return Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state, resample))
+            return Filtered(*fused_filter(self.posterior, self.rnn, self.phi_z, posterior_in, rnn_in, noise, state, resample), embedded)
         # unbind, not indexing: one backward node stacks the per-step gradients, where
         # indexing would allocate and fill a whole (T, B, ...) gradient for every step.
         posterior_in, rnn_in = posterior_in.unbind(0), rnn_in.unbind(0)
@@ -235,7 +208,7 @@ class VRNN(nn.Module):
             outputs.append(items)
             rows = resample(t, *(item.detach() for item in items)) if resample is not None else None
             state = state if rows is None else state.index_select(0, rows)
-        return Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state)
+        return Filtered(*(torch.stack(items, dim=1) for items in zip(*outputs, strict=True)), state, embedded)
 
     def _recurrent_step(
         self, posterior_in: Tensor, rnn_in: Tensor, noise: Tensor, state: Tensor
@@ -258,15 +231,18 @@ class VRNN(nn.Module):
         self._compiled_step = torch.compile(self._recurrent_step, **options)
 
     def filter_step(
-        self, frame: Tensor, state: Tensor, noise: Tensor, *, previous: Tensor | None = None, with_reference: bool = False
+        self, frame: Tensor, state: Tensor, noise: Tensor, *, previous: Tensor | None = None, with_reference: bool = False,
+        action: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """One step of filtering a real frame (B, *frame) from ``state`` with posterior noise
         (B, z_dim): the next state and the latent z_t drawn from q, and with
         ``with_reference`` the frame's skip reference (None without a skip decoder);
-        ``previous``: the frame before (None: zeros), read by ``frame_difference`` models.
+        ``previous``: the frame before (None: zeros), read by ``frame_difference`` models;
+        ``action`` (B, A): u_t, the input before this frame, for a model with inputs.
 
         The exported ONNX filtering graph is this function."""
         e, reference = self.encode_frame(frame, previous)
+        e = self.with_actions(e, action)
         mean, std = self.posterior(e, self.rnn.output(state))
         z = torch.addcmul(mean, std, noise)
         next_state = self.rnn.step(self.rnn.precompute(e), self.phi_z(z), state)
@@ -281,22 +257,26 @@ class VRNN(nn.Module):
         previous: Tensor | None = None,
         mean: bool = True,
         generator: torch.Generator | None = None,
+        action: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor] | None]:
         """One step of generation from ``state`` with prior noise (B, z_dim): the likelihood's
         parameters, the frame (its mean, or a draw with ``mean=False``), the next state and,
         for a skip decoder, the new frame's reference (None otherwise). ``reference`` is the
         skip reference of this step (see ``vrnnkit.model.skips``; None: zeros, as at step 0);
-        ``previous`` the frame before the new one (None: zeros), as in ``filter_step``.
+        ``previous`` the frame before the new one (None: zeros), as in ``filter_step``; ``action``
+        (B, A): u_t, the input the new frame is imagined under, for a model with inputs.
 
         The exported ONNX and torch.export graphs are this function."""
         h = self.rnn.output(state)
-        prior_mean, prior_std = self.prior(h)
+        a = self.embedded_action(action, state)
+        prior_mean, prior_std = self.prior_step(h, a)
         f = self.phi_z(torch.addcmul(prior_mean, prior_std, noise))
         if self.uses_skips and reference is None:
             reference = skips.zeros(self.reference_shapes(), state.shape[0], state)
-        params = self.decode(f, h, reference)
+        params = self.decode(f, h, reference, a)
         frame = self.likelihood.mean(params) if mean else self.likelihood.sample(params, generator)
         features, new_reference = self.encode_frame(frame, previous)
+        features = features if a is None else torch.cat([features, a], dim=-1)
         return params, frame, self.rnn.step(self.rnn.precompute(features), f, state), new_reference
 
     def encode_frame(self, frame: Tensor, previous: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
@@ -312,63 +292,57 @@ class VRNN(nn.Module):
         """The shape of what phi_x reads per frame (``vrnnkit.model.inputs``)."""
         return inputs.encoder_input_shape(self.config.frame_shape, bool(self.config.frame_difference))
 
-    def decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None) -> Tensor:
+    def decode(self, f: Tensor, h: Tensor, reference: list[Tensor] | None, actions: Tensor | None = None) -> Tensor:
         """The likelihood's parameters from the latent features, h_{t-1} and, for a skip
         decoder, the reference frame followed by its feature maps. With ``skip_residual`` the
         decoder's output is added to the parameters whose mean is the reference frame, so it
-        predicts what changes (copying is the starting point, not something to learn)."""
+        predicts what changes (copying is the starting point, not something to learn).
+        ``actions``: the rows' a_t, for a model with inputs (``vrnnkit.model.actions``)."""
+        extra: dict[str, Tensor] = {}
+        if self.action_input is not None and actions is not None:
+            h, extra = self.action_input.decoder_inputs(h, actions)
         if reference is None:
-            return self.decoder(f, h)
+            return self.decoder(f, h, **extra)
         if self.warps_reference:  # the decoder gives the mean itself (vrnnkit.blocks.warp)
-            mean, rest = self.decoder(f, h, reference[1:], reference[0])
+            mean, rest = self.decoder(f, h, reference[1:], reference[0], **extra)
             params = self.likelihood.frame_params(mean)
             return torch.cat([params[:, :1], params[:, 1:] + rest], dim=1)
-        params = self.decoder(f, h, reference[1:])
+        params = self.decoder(f, h, reference[1:], **extra)
         if self.config.skip_residual:
             params = self.residual_gate * params + self.likelihood.frame_params(reference[0])
         return params
 
-    def generate(
-        self,
-        state: Tensor,
-        steps: int,
-        generator: torch.Generator | None,
-        use_mean: bool,
-        reference: list[Tensor] | None,
-        *,
-        first: int,
-        hold: int,
-        previous: Tensor | None = None,
-        feedback: str | None = None,
-    ) -> Tensor:
-        """Roll the prior forward from ``state`` for ``steps`` frames, feeding frames back: the
-        frames (rows, steps, *frame_shape), each the likelihood's mean (``use_mean``) or a draw.
-
-        ``first`` is the index of the first generated frame in its sequence, ``reference`` the
-        skip reference of that step and ``previous`` the frame before it (None: zeros). A
-        generated frame becomes the reference while its index is below ``hold`` (always when
-        ``hold`` is 0): ``vrnnkit.model.skips``' rule. ``feedback`` as in ``sample``."""
-        feed_draw = inputs.feeds_draw(feedback, use_mean)
-        frames, shape = [], (state.shape[0], self.config.z_dim)
-        for t in range(first, first + steps):
-            noise = randn(shape, generator=generator, device=state.device, dtype=state.dtype)
-            params, fed, state, new_reference = self.generate_step(
-                state, noise, reference, previous=previous, mean=not feed_draw, generator=generator
-            )
-            if hold == 0 or t < hold:
-                reference = new_reference
-            frame = fed
-            if feed_draw == use_mean:  # the frame shown is not the one fed back
-                frame = self.likelihood.mean(params) if use_mean else self.likelihood.sample(params, generator)
-            frames.append(frame)
-            previous = fed
-        return torch.stack(frames, dim=1)
+    generate = generation.generate
 
     # ------------------------------------------------------------------ helpers
 
-    def encode(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+    def encode(self, x: Tensor, actions: Tensor | None = None) -> tuple[Tensor, list[Tensor] | None]:
         """phi_x over every frame, off the time loop: (B, T, *frame) -> (B, T, E), and, for a
-        skip decoder, the reference of every frame (the frames, then each level of maps)."""
+        skip decoder, the reference of every frame (the frames, then each level of maps). A
+        model with inputs gets ``actions`` (B, T, A), checked (``checked_actions``): its
+        features are then [e_t, a_t], what the posterior and the recurrence read."""
+        features, maps = self._encode_frames(x)
+        return self.with_actions(features, actions), maps
+
+    def with_actions(self, features: Tensor, actions: Tensor | None) -> Tensor:
+        """Frame features (..., E) with the embedding a_t of their inputs u_t (..., A)
+        appended, for a model with inputs; the features themselves otherwise."""
+        a = self.embedded_action(actions, features)
+        return features if a is None else torch.cat([features, a], dim=-1)
+
+    def embedded_action(self, actions: Tensor | None, like: Tensor) -> Tensor | None:
+        """a_t = embed(u_t) of inputs (..., A); None for a model without inputs. A model with
+        inputs refuses None (DataError), one without refuses inputs."""
+        if self.action_input is None or actions is None:
+            check_actions(self.config.action_dim, actions, 0, 0, None, like)
+            return None
+        return self.action_input(actions.to(like.dtype))
+
+    def checked_actions(self, actions: Any, batch: int, steps: int, step_mask: Tensor | None, like: Tensor) -> Tensor | None:
+        """Inputs u (B, T, A) checked for this model, padding zeroed (``vrnnkit.model.actions.check_actions``)."""
+        return check_actions(self.config.action_dim, actions, batch, steps, step_mask, like)
+
+    def _encode_frames(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
         frames = x.flatten(0, 1)
         previous = inputs.previous_frames(x).flatten(0, 1) if self.reads_previous else None
         parts = inputs.encoder_input(frames, previous, bool(self.config.frame_difference)).split(self._frame_chunk(frames))
@@ -398,25 +372,32 @@ class VRNN(nn.Module):
             return frames.shape[0]
         return max(1, self.cpu_chunk_elements // max(1, math.prod(self.config.frame_shape)))
 
-    def prior_params(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def prior_params(self, h: Tensor, actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The prior p(z_t | h_{t-1}) over every step at once: mean and std (B, T, Z) from
-        h_{t-1} stacked (B, T, H), as ``filter`` returns it."""
-        mean, std = self.prior(h.flatten(0, 1))
+        h_{t-1} stacked (B, T, H), as ``filter`` returns it (and its a_t, ``Filtered.actions``)."""
+        mean, std = self.prior_step(h.flatten(0, 1), None if actions is None else actions.flatten(0, 1))
         return mean.view(*h.shape[:2], -1), std.view(*h.shape[:2], -1)
+
+    def prior_step(self, h: Tensor, actions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The prior's mean and std for rows of h_{t-1} (N, H) and, with inputs, their a_t (N, W)."""
+        if self.action_input is None or actions is None:
+            return self.prior(h)
+        return self.action_input.prior(self.prior, h, actions)
 
     def log_prob_frames(self, x: Tensor, filtered: Filtered, references: list[Tensor] | None) -> Tensor:
         """log p(x_t | z_t, h_{t-1}) for every step at once: (B, T); ``references`` are the skip
         references of every step, for a skip decoder."""
         f, h, frames = filtered.f.flatten(0, 1), filtered.h.flatten(0, 1), x.flatten(0, 1)
         chunk = self._frame_chunk(frames)
+        actions = [None] * len(frames.split(chunk)) if filtered.actions is None else filtered.actions.flatten(0, 1).split(chunk)
         if references is None:
             chunked_references = [None] * len(frames.split(chunk))
         else:
             chunked_references = [list(r) for r in zip(*(m.split(chunk) for m in references), strict=True)]
         parts = [
-            self.likelihood.log_prob(self.decode(f_part, h_part, reference), x_part)
-            for f_part, h_part, x_part, reference in zip(
-                f.split(chunk), h.split(chunk), frames.split(chunk), chunked_references, strict=True
+            self.likelihood.log_prob(self.decode(f_part, h_part, reference, a_part), x_part)
+            for f_part, h_part, x_part, reference, a_part in zip(
+                f.split(chunk), h.split(chunk), frames.split(chunk), chunked_references, actions, strict=True
             )
         ]
         return torch.cat(parts).view(x.shape[:2])

@@ -5,7 +5,9 @@ Equal-length data (generated data sets, video and array files) train on windows 
 ``.npz`` of several arrays or with ``lengths``, a folder of ``.npy`` / ``.mid`` files) train on
 padded batches with a mask, ``(x, mask)``, whole (``seq_len`` 0) or cut into windows of at
 most ``seq_len`` steps, items of similar length batched together so that little of a batch is
-padding; every loss and figure counts only real steps.
+padding; every loss and figure counts only real steps. Data with actions (a ``.npz`` with
+``actions``, or a folder of them: ``vrnnkit.training.actions``) trains on windows that carry
+their actions, ``{"frames", "actions"}`` (and ``"mask"`` for sequences of different lengths).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vrnnkit.data.actions import has_actions
 from vrnnkit.data.clips import clip_windows, is_clip_folder, read_clips
 from vrnnkit.data.download import resolve_builtin
 from vrnnkit.data.music import NoteRange
@@ -27,11 +30,13 @@ from vrnnkit.data.sources import BUILTIN_DATA, build_dataset
 from vrnnkit.data.varlen import LengthBucketSampler, pad_collate
 from vrnnkit.data.varlen_source import is_variable_length, open_variable_length
 from vrnnkit.errors import ConfigError
+from vrnnkit.training.actions import action_windows
 from vrnnkit.training.config import TrainConfig
 from vrnnkit.training.distributed import World
 
-Batch = Tensor | tuple[Tensor, Tensor]
-"""A batch: frames (B, T, *frame), or padded frames and their mask (B, T)."""
+Batch = Tensor | tuple[Tensor, Tensor] | dict[str, Tensor]
+"""A batch: frames (B, T, *frame), or padded frames and their mask (B, T), or frames with
+their actions (B, T, A) (and a mask) by name."""
 BIAS_ITEMS = 512
 """Equal-length data: the output bias starts at the mean of the first this many windows."""
 
@@ -47,12 +52,28 @@ class TrainingData:
     """Items of different lengths, batched with a mask."""
     note_range: NoteRange | None = None
     """The notes of a piano roll's dimensions (note-list JSON and MIDI data)."""
+    action_dim: int = 0
+    """The width of each step's action, for data with actions (the model's ``action_dim``)."""
+
+    def plans(self, count: int, steps: int) -> Tensor | None:
+        """Recorded actions (count, steps, A) to sample a model with actions under (the first
+        validation windows', else the first training windows', cut or zero-padded to ``steps``);
+        None for data without actions."""
+        if not self.action_dim:
+            return None
+        items = self.validation if self.validation is not None and len(self.validation) else self.training  # type: ignore[arg-type]
+        plans = torch.zeros(count, steps, self.action_dim)
+        for row in range(count):
+            recorded = items[row % len(items)]["actions"][:steps]  # type: ignore[arg-type]
+            plans[row, : len(recorded)] = recorded
+        return plans
 
     def bias_sequences(self) -> list[np.ndarray]:
         """Training sequences (or windows) for the data-dependent output bias."""
         data = self.training
         count = len(data) if self.padded else min(len(data), BIAS_ITEMS)  # type: ignore[arg-type]
-        return [np.asarray(data[i]) for i in range(count)]
+        items = (data[i] for i in range(count))
+        return [np.asarray(item["frames"] if isinstance(item, dict) else item) for item in items]
 
 
 def load_training_data(config: TrainConfig) -> TrainingData:
@@ -60,6 +81,11 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     data = _open_training_data(config)
     if config.flip and len(data.frame_shape) != 3:
         raise ConfigError(f"--flip mirrors image frames; {config.data} holds vectors of shape {data.frame_shape}")
+    if config.flip and data.action_dim:
+        raise ConfigError("--flip mirrors frames but not their actions (a push to the left would show a move to the right); "
+                          "drop --flip for data with actions")
+    if config.action_classes is not None and not data.action_dim:
+        raise ConfigError(f"--action-classes applies to data with actions (a .npz with 'actions'); {config.data} has none")
     if config.transpose and len(data.frame_shape) != 1:
         raise ConfigError(f"--transpose shifts vectors (piano rolls) along their notes; {config.data} holds frames "
                           f"of shape {data.frame_shape}")
@@ -68,6 +94,12 @@ def load_training_data(config: TrainConfig) -> TrainingData:
 
 def _open_training_data(config: TrainConfig) -> TrainingData:
     name, mnist_dir = resolve_builtin(config.data, config.mnist_dir)  # downloads what is missing
+    if name not in BUILTIN_DATA and has_actions(name):
+        training, validation, frame_shape, action_dim = action_windows(
+            name, seq_len=int(config.seq_len), val_fraction=config.val_fraction, seed=config.seed,
+            action_classes=config.action_classes, layout=config.layout,
+            unit_interval=config.model.likelihood_support == "unit-interval")
+        return TrainingData(training, validation, frame_shape, action_dim=action_dim)
     if name not in BUILTIN_DATA and is_clip_folder(name):
         return _clip_data(name, config)
     if name not in BUILTIN_DATA and is_variable_length(name):
@@ -162,26 +194,33 @@ def validation_batches(data: Dataset, batch_size: int, padded: bool, max_batches
         yield pad_collate([data[int(i)] for i in order[start : start + batch_size]])
 
 
-def to_device(batch: Batch, device: torch.device, *, flip: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-    """A batch on ``device`` as (frames, mask or None); with ``flip`` (``--flip``), a random
-    half of its windows mirrored, drawn from that generator (``mirror_half``)."""
-    if isinstance(batch, (tuple, list)):
+def to_device(
+    batch: Batch, device: torch.device, *, flip: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A batch on ``device`` as (frames, mask or None, actions or None); with ``flip``
+    (``--flip``), a random half of its windows mirrored, drawn from that generator (``mirror_half``)."""
+    actions = None
+    if isinstance(batch, dict):
+        x, mask, actions = (batch[k].to(device, non_blocking=True) if k in batch else None for k in ("frames", "mask", "actions"))
+    elif isinstance(batch, (tuple, list)):
         x, mask = batch
         x, mask = x.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     else:
         x, mask = batch.to(device, non_blocking=True), None
-    return (x if flip is None else mirror_half(x, flip)), mask
+    return (x if flip is None else mirror_half(x, flip)), mask, actions
 
 
-def augmented(batch: tuple[Tensor, Tensor | None], config: TrainConfig, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-    """A training batch (frames, mask) with the run's augmentations (``--flip``,
+def augmented(
+    batch: tuple[Tensor, Tensor | None, Tensor | None], config: TrainConfig, generator: torch.Generator,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A training batch (frames, mask, actions) with the run's augmentations (``--flip``,
     ``--transpose``), drawn from ``generator`` (the run's own, so a resumed run draws on)."""
-    x, mask = batch
+    x, mask, actions = batch
     if config.flip:
         x = mirror_half(x, generator)
     if config.transpose:
         x = transpose_rolls(x, config.transpose, generator, mask)
-    return x, mask
+    return x, mask, actions
 
 
 def transpose_rolls(rolls: Tensor, most: int, generator: torch.Generator, mask: Tensor | None = None) -> Tensor:

@@ -37,6 +37,7 @@ MODEL_OPTIONS = {
     "likelihood": "likelihood", "h_dim": "h_dim", "z_dim": "z_dim", "feature_dim": "feature_dim",
     "latent_feature_dim": "latent_feature_dim", "layers": "rnn_layers",
     "skip_context": "skip_context", "skip_residual": "skip_residual", "frame_difference": "frame_difference",
+    "action_embedding": "action_embedding",
 }
 """The flat options that describe the model, and the VRNNConfig field each one sets."""
 LR_SCHEDULES = ("constant", "cosine")
@@ -65,6 +66,7 @@ class TrainConfig:
     transpose: int = 0  # vectors (piano rolls): shift each training window by up to this many steps along D
     num_sequences: int = 2000  # generated datasets: how many sequences
     fps: float | None = None  # MIDI folders: steps per second (default: one step per quarter note)
+    action_classes: int | None = None  # data with integer actions: their classes, one-hot encoded
     model: VRNNConfig = field(default_factory=default_model)
     steps: int | None = None
     epochs: int | None = None
@@ -100,7 +102,7 @@ class TrainConfig:
         self._check_music_options()
         positive = ("num_sequences", "batch_size", "every")
         bad = [f"{k}={getattr(self, k)!r}" for k in positive if not is_count(getattr(self, k))]
-        bad += [f"{k}={getattr(self, k)!r}" for k in ("steps", "epochs") if getattr(self, k) is not None and not is_count(getattr(self, k))]
+        bad += [f"{k}={getattr(self, k)!r}" for k in ("steps", "epochs", "action_classes") if getattr(self, k) is not None and not is_count(getattr(self, k))]
         bad += [f"{k}={getattr(self, k)!r}" for k in ("kl_anneal", "workers", "seed", "keep") if not is_count(getattr(self, k), 0)]
         if bad:
             raise ConfigError(f"expected positive whole numbers (kl_anneal, workers, seed and keep may be 0), got {', '.join(bad)}")
@@ -170,10 +172,11 @@ class TrainConfig:
         if count > 1 and self.gradient == "dreg":
             raise ConfigError("--gradient dreg runs two backward passes, which DistributedDataParallel does not take: use --nproc 1")
 
-    def model_config(self, frame_shape: tuple[int, ...]) -> VRNNConfig:
-        """The model for frames of ``frame_shape``, with ``dropout`` set on every mlp block and
-        on a gru/lstm recurrence whose own options do not set it."""
-        model = self.model.with_frame_shape(frame_shape)
+    def model_config(self, frame_shape: tuple[int, ...], *, action_dim: int = 0) -> VRNNConfig:
+        """The model for frames of ``frame_shape`` (and actions of ``action_dim`` values, the
+        data's), with ``dropout`` set on every mlp block and on a gru/lstm recurrence whose own
+        options do not set it."""
+        model = dataclasses.replace(self.model.with_frame_shape(frame_shape), action_dim=action_dim)
         if self.dropout is None:
             return model
         for kind in ("encoder", "decoder", "prior", "posterior", "rnn"):

@@ -98,11 +98,12 @@ def train_step(
     generator: torch.Generator | None = None,
     distributed: bool = False,
     mask: torch.Tensor | None = None,
+    actions: torch.Tensor | None = None,
 ) -> StepResult:
     """One optimizer step on ``batch`` (B, T, *frame), already on the model's device, as
     ``vrnnkit train`` takes it: KL annealing, autocast, backward through the grad scaler,
     gradient clipping, and the step only when the loss and the gradient norm are finite.
-    ``mask`` (B, T) marks the real steps of a padded batch; the loss counts only those.
+    ``mask`` (B, T) marks the real steps of a padded batch; the loss counts only those. ``actions`` (B, T, A): the inputs.
 
     ``model`` may be wrapped in ``DistributedDataParallel`` (then pass ``distributed=True``):
     every rank must run backward, which holds the gradient all-reduce; the gradients are then
@@ -112,7 +113,7 @@ def train_step(
     device_type = batch.device.type
     with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
         output = model(
-            batch, mask=mask, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator,
+            batch, mask=mask, actions=actions, kl_weight=kl_weight, free_bits=config.free_bits, generator=generator,
             objective=config.objective, particles=config.particles, resample_threshold=config.resample_threshold,
             gradient=config.gradient,
         )
@@ -172,7 +173,7 @@ def train(
         run.trained = run.model
     published = run.average or run.model
     if run.folder is not None and not interrupted and published.config.is_image:
-        run.folder.write_samples(published, run.step)
+        run.folder.write_samples(published, run.step, actions=run.data.plans(8, config.seq_len))
     return TrainResult(run.run_dir, run.step, interrupted, run.metrics, run.timings, model=published, world_size=world.size)
 
 
@@ -183,11 +184,11 @@ def _loop(run: _Run, on_step: Callable[[int, VRNN], None] | None) -> bool:
     with _InterruptFlag() as stop:
         for epoch, batch in iterate_batches(run.data, config, world, run.step, run.per_epoch, run.total):
             model_start = time.perf_counter()
-            frames, mask = augmented(to_device(batch, run.device), config, run.noise)
+            frames, mask, actions = augmented(to_device(batch, run.device), config, run.noise)
             run.set_lr()
             result = train_step(
                 run.trained, frames, run.optimizer, run.scaler, config,
-                step=run.step, generator=run.noise, distributed=world.distributed, mask=mask,
+                step=run.step, generator=run.noise, distributed=world.distributed, mask=mask, actions=actions,
             )
             if not result.finite and not config.skip_nonfinite:
                 raise run.non_finite()
@@ -223,7 +224,7 @@ class _Run:
         torch.manual_seed(config.seed)  # the same initial weights in every process
         self.data = load_training_data(config)  # before the run folder exists
         self.training, self.validation = self.data.training, self.data.validation
-        model_config = config.model_config(self.data.frame_shape)
+        model_config = config.model_config(self.data.frame_shape, action_dim=self.data.action_dim)
         check_training_memory(model_config, batch_size=config.batch_size, seq_len=config.seq_len,
                               ema=config.ema > 0, device=self.device, particles=config.particles)
         self.model = VRNN(model_config).to(self.device)
@@ -337,7 +338,6 @@ class _Run:
         self.timings["periodic"] += time.perf_counter() - start
         self.window_start, self.window_steps = time.perf_counter(), 0
 
-
     def _track(self, published: VRNN) -> None:
         """The figures to the tracker; at a validation, also four clips sampled from the prior."""
         if self.tracker is None:
@@ -349,8 +349,8 @@ class _Run:
             try:
                 with torch.no_grad():
                     generator = torch.Generator().manual_seed(self.config.seed)
-                    clips = published.sample(4, self.config.seq_len or 32, generator=generator,
-                                             feedback=sample_feedback(published))
+                    steps = self.config.seq_len or 32
+                    clips = published.sample(4, steps, generator=generator, feedback=sample_feedback(published), actions=self.data.plans(4, steps))
             finally:
                 published.train(was_training)
             self.tracker.log_samples(self.step, clips)
@@ -374,11 +374,11 @@ def evaluate_loss(
     model.eval()
     try:
         for batch in validation_batches(dataset, config.batch_size, padded, max_batches):
-            x, mask = to_device(batch, device)
-            out = model(x, mask=mask, generator=generator)
+            x, mask, actions = to_device(batch, device)
+            out = model(x, mask=mask, actions=actions, generator=generator)
             loss = out.nll + out.kl
             if bound_name is not None:
-                bound = model(x, mask=mask, generator=generator, objective=config.objective,
+                bound = model(x, mask=mask, actions=actions, generator=generator, objective=config.objective,
                               particles=config.particles, resample_threshold=config.resample_threshold).elbo
                 sums["bound"] += float(bound.double().sum())
                 loss = -bound.mean()

@@ -171,13 +171,14 @@ class RunFolder:
             f"Training stopped; {since} not saved and {kept}. {then}"
         )
 
-    def write_samples(self, model: VRNN, step: int) -> None:
-        """samples.gif: clips sampled from the prior at the end of an image model's run. An
-        optional file: a write that fails is a warning (the run is saved)."""
+    def write_samples(self, model: VRNN, step: int, *, actions: torch.Tensor | None = None) -> None:
+        """samples.gif: clips sampled from the prior at the end of an image model's run (a
+        model with actions: under ``actions``, recorded ones). An optional file: a write that
+        fails is a warning (the run is saved)."""
         from vrnnkit.io.render import write_clips
 
         generator = torch.Generator().manual_seed(self.config.seed)
-        clips = model.sample(8, self.config.seq_len, generator=generator, feedback=sample_feedback(model))
+        clips = model.sample(8, self.config.seq_len, generator=generator, feedback=sample_feedback(model), actions=actions)
         try:
             write_clips(self.run_dir / "samples.gif", clips)
         except (WriteError, ConfigError) as error:  # ConfigError: a folder of that name
