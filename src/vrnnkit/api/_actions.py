@@ -30,7 +30,7 @@ def write_pushed_ball(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, ...]:
     """Write ``count`` pushed-ball sequences (:func:`vrnnkit.data.pushed_ball.pushed_ball`) with
-    their actions to the ``.npz`` file ``out``, atomically: uint8 frames ``(N, T, H, W)``, float32
+    their actions to the ``.npz`` file ``out``, atomically: uint8 frames ``(N, T, 1, H, W)``, float32
     actions ``(N, T, 2 * balls)``. Drawn ``CHUNK`` sequences at a time from one generator seeded
     with ``seed`` (the same seed gives the same file); ``on_progress(done, total)`` after each
     chunk. Returns the frames' shape."""
@@ -51,7 +51,7 @@ def write_pushed_ball(
         if on_progress is not None:
             on_progress(start + len(part.frames), count)
     save_action_data(out, ActionSequences(frames, actions, None, names))
-    return (count, steps, size, size)
+    return frames.shape
 
 
 def record_gym(out: str | os.PathLike[str], env_id: str, episodes: int, **options: Any) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def data_moving_mnist(
 @data_app.command("pushed-ball")
 @friendly_errors
 def data_pushed_ball(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The .npz file to write: frames (uint8, (N, T, H, W)) and actions (float32, (N, T, 2 x balls)).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npz file to write: frames (uint8, (N, T, 1, H, W)) and actions (float32, (N, T, 2 x balls)).")],
     sequences: Annotated[int, typer.Option(min=1, help="Number of sequences.")] = 2000,
     steps: Annotated[int, typer.Option(min=2, help="Frames per sequence.")] = 20,
     size: Annotated[int, typer.Option(min=8, help="Frame side in pixels.")] = 32,
@@ -90,7 +90,7 @@ def data_pushed_ball(
         task = progress.add_task(f"writing {out.name}", total=sequences)
         shape = api.write_pushed_ball(out, sequences, steps=steps, size=size, balls=balls, walls=walls, hold=hold,
                                       seed=seed, on_progress=lambda done, _: progress.update(task, completed=done))
-    say(f"wrote {out}: {shape[0]} sequences of shape {shape[1:]}, uint8, with {2 * balls} action values a step")
+    say(f"wrote {out}: {shape[0]} sequences of shape {tuple(shape[1:])}, uint8, with {2 * balls} action values a step")
 
 
 @data_app.command("gym")

@@ -190,14 +190,13 @@ def load_action_plan(
 
 def save_action_data(path: str | os.PathLike[str], data: ActionSequences, *, as_uint8: bool = False) -> None:
     """Write ``data`` to the ``.npz`` file ``path`` (compressed, atomically), as
-    :func:`load_action_data` reads it: frames ``(N, T, H, W)`` grey, ``(N, T, H, W, C)`` colour
-    or ``(N, T, D)``, the float32 actions, ``lengths`` and ``action_names`` where there are.
-    ``as_uint8``: store float frames in [0, 1] as uint8 (x 255, rounded), four times smaller."""
+    :func:`load_action_data` reads it: frames as they are, ``(N, T, C, H, W)`` or ``(N, T, D)``
+    (channels first: a 4-D ``(N, T, H, W)`` would read as ``TNHW`` too where N equals T), the
+    float32 actions, ``lengths`` and ``action_names`` where there are. ``as_uint8``: store float
+    frames in [0, 1] as uint8 (x 255, rounded), four times smaller."""
     frames = data.frames
     if as_uint8 and frames.dtype != np.uint8:
         frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
-    if frames.ndim == 5:
-        frames = frames[:, :, 0] if frames.shape[2] == 1 else frames.transpose(0, 1, 3, 4, 2)
     arrays = {"frames": frames, "actions": data.actions}
     if data.lengths is not None:
         arrays["lengths"] = data.lengths
