@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from vrnnkit.api._datasets import check_output_file
 from vrnnkit.data.actions import ActionSequences, save_action_data
 from vrnnkit.data.pushed_ball import pushed_ball
 from vrnnkit.data.sources import CHUNK, check_generation_memory
-from vrnnkit.errors import ConfigError, is_count, output_problem
+from vrnnkit.errors import ConfigError, is_count
 
 __all__ = ["check_npz_output", "record_gym", "write_pushed_ball"]
 
@@ -65,10 +66,4 @@ def record_gym(out: str | os.PathLike[str], env_id: str, episodes: int, **option
 
 def check_npz_output(out: str | os.PathLike[str]) -> Path:
     """``out`` as a Path after checking it names a ``.npz`` file that can be written."""
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise ConfigError(f"cannot write {out} (--out): expected a path ending in .npz (frames with their actions)")
-    problem = output_problem(out)
-    if problem:
-        raise ConfigError(f"cannot write {out} (--out): {problem}")
-    return out
+    return check_output_file(out, ".npz", "frames with their actions")

@@ -128,9 +128,15 @@ def _check_disk(out: Path, needed: int) -> None:
 
 
 def _check_npy_output(out: str | os.PathLike[str]) -> Path:
+    return check_output_file(out, ".npy")
+
+
+def check_output_file(out: str | os.PathLike[str], suffix: str, what: str = "") -> Path:
+    """``out`` as a Path after checking it ends in ``suffix`` and can be written; ``what``
+    says in the message what such a file holds."""
     out = Path(out)
-    if out.suffix != ".npy":
-        raise ConfigError(f"cannot write {out} (--out): expected a path ending in .npy")
+    if out.suffix != suffix:
+        raise ConfigError(f"cannot write {out} (--out): expected a path ending in {suffix}{what and f' ({what})'}")
     problem = output_problem(out)
     if problem:
         raise ConfigError(f"cannot write {out} (--out): {problem}")
