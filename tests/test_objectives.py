@@ -224,6 +224,27 @@ def test_fivo_evaluation_runs_few_sequences_at_a_time_when_particles_are_many(mo
     assert seen == [(1, 2**17)] * 5  # 2**17 particles x 10 values: one sequence per pass
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fivo_evaluation_sums_the_loops_scores_and_equals_the_two_pass_bound(dropout):
+    import vrnnkit.model.objectives as objectives
+
+    options = {"dropout": dropout}
+    model = _model(decoder_options=options, prior_options=options).eval()
+    x, mask = _bits(batch=4, steps=9), torch.ones(4, 9, dtype=torch.float64)
+    mask[1, 5:], mask[3, 2:] = 0, 0  # padding: the bound stops at each sequence's own end
+    step_mask = model.checked_batch(x, mask)[1]
+    with torch.no_grad():
+        one_pass = objectives.fivo_bound(model, x, step_mask, 16, _seeded(3), threshold=0.9)
+        two_pass, terms = objectives._fivo(model, x, step_mask, 16, 1.0, 0.9, _seeded(3))
+    assert terms is not None
+    torch.testing.assert_close(one_pass, two_pass, rtol=0, atol=1e-10)
+    assert not torch.equal(one_pass, objectives._fivo(model, x, step_mask, 16, 1.0, 0.9, _seeded(4))[0])
+    # In training mode (dropout drawn in the second pass) or with gradients, the two passes run.
+    with torch.no_grad():
+        trained = objectives.fivo_bound(model.train(), x, step_mask, 16, _seeded(3), threshold=0.9)
+    assert torch.allclose(trained, one_pass, rtol=0, atol=1e-10) == (dropout == 0.0)
+
+
 # ----------------------------------------------------------------- training and the CLI
 
 

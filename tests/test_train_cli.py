@@ -28,6 +28,26 @@ def test_help_of_every_command_exits_0():
         assert "Usage" in result.output
 
 
+def test_no_help_text_loses_a_bracketed_word_to_rich_markup():
+    """Rich reads ``[gym]`` in a help text as a style tag and drops it ("pip install 'vrnnkit'"):
+    a bracket that opens on a lower-case letter, # / or @ in a command's or an option's help must
+    be escaped (``\\[gym]``)."""
+    import re
+
+    import typer.main
+
+    lost = []
+
+    def visit(command, path):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        lost.extend(f"{path}: {m}" for text in texts for m in re.findall(r"(?<!\\)\[[a-z#/@][^\[]*?\]", text))
+        for name, sub in getattr(command, "commands", {}).items():
+            visit(sub, f"{path} {name}")
+
+    visit(typer.main.get_command(app), "vrnnkit")
+    assert not lost, lost
+
+
 def test_a_tiny_run_writes_every_file_of_the_run_folder(tmp_path, tiny_config):
     out = tmp_path / "run"
     result = _train(*TINY, "--config", str(tiny_config), "--out", str(out))

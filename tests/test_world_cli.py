@@ -134,6 +134,40 @@ def test_eval_reports_the_figures_with_the_actions_shuffled_between_clips(tmp_pa
     assert len(report["shuffled_actions"]["prediction"]["psnr"]["mean_of_n"]["per_step"]) == 6
 
 
+def test_eval_windows_score_every_window_of_each_sequence_to_its_own_length(tmp_path, world_ckpt):
+    from vrnnkit.api._world import action_windows
+
+    data = pushed_ball(3, 10, size=16, seed=1)
+    path = tmp_path / "uneven.npz"
+    save_action_data(path, ActionSequences(data.frames, data.actions, np.array([10, 7, 5])))
+    model = vrnnkit.load(world_ckpt)
+    frames, actions, groups = action_windows(model, path, 3)
+    # 0, 3, 6 of the first sequence; 0, 3 of the second (6 + 3 > 7); 0 of the third.
+    assert groups == ["sequence 0"] * 3 + ["sequence 1"] * 2 + ["sequence 2"]
+    starts = [(0, 0), (0, 3), (0, 6), (1, 0), (1, 3), (2, 0)]
+    expected = torch.stack([torch.as_tensor(data.frames[n, s : s + 3], dtype=torch.float32) for n, s in starts])
+    torch.testing.assert_close(frames, expected.reshape(frames.shape), rtol=0, atol=0)
+    torch.testing.assert_close(actions, torch.stack([torch.as_tensor(data.actions[n, s : s + 3]) for n, s in starts]))
+
+    out = tmp_path / "report.json"
+    result = _run("eval", path, "--ckpt", world_ckpt, "--context", 2, "--horizon", 1, "--samples", 2, "--bound", "elbo",
+                  "--windows", "--json", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["num_sequences"] == 6 and report["sequence_length"] == 3
+    assert list(report["prediction"]["per_group"]) == ["sequence 0", "sequence 1", "sequence 2"]
+    assert len(report["shuffled_actions"]["prediction"]["psnr"]["mean_of_n"]["per_step"]) == 1
+    # Without --windows each sequence is scored once, from its start, cut to the shortest.
+    result = _run("eval", path, "--ckpt", world_ckpt, "--context", 2, "--horizon", 1, "--samples", 2, "--bound", "elbo", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["num_sequences"] == 3
+    _assert_clear_error(_run("eval", path, "--ckpt", world_ckpt, "--context", 8, "--horizon", 3, "--windows"),
+                        "no sequence has a window of 11 steps")
+    clip = tmp_path / "clip.npy"
+    np.save(clip, np.zeros((2, 10, 16, 16), np.float32))
+    _assert_clear_error(_run("eval", clip, "--ckpt", world_ckpt, "--layout", "NTHW", "--windows"), "--windows applies")
+
+
 @pytest.mark.parametrize("case", ["plan for a model without actions", "no actions for a world model", "frames without actions",
                                   "horizon past the recorded actions", "plan of the wrong width", "eval without actions",
                                   "flip"])

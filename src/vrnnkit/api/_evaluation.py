@@ -29,7 +29,7 @@ def evaluate(
     model: VRNN, data: str | os.PathLike[str] | Tensor | np.ndarray | Any, *, num_sequences: int = 256,
     mnist_dir: str | None = None, layout: str | None = None, json_out: str | os.PathLike[str] | None = None,
     size: Any = None, grey: bool = False, split: str | None = None, per_sequence: str | os.PathLike[str] | None = None,
-    per_step: bool = False, **options: Any,
+    per_step: bool = False, windows: bool = False, **options: Any,
 ) -> dict[str, Any]:
     """``vrnnkit.evaluation.evaluate`` (whose ``options`` it takes) on test data: an array or
     sequences as there, or a file, or a built-in data set's held-out sequences
@@ -41,21 +41,30 @@ def evaluate(
     by default; a .npz of several arrays or with lengths; a folder) is scored per time step
     instead: ``vrnnkit.evaluation.sequences.evaluate_variable_length`` (no prediction metrics), with
     per-sequence scores written to ``per_sequence`` (.csv or .json; ``per_step`` adds each
-    step's ELBO term)."""
+    step's ELBO term).
+
+    ``windows``: frames with actions are scored on every non-overlapping window of ``context +
+    horizon`` steps of each sequence (a long recording gives many test windows) instead of
+    once per sequence from its start; a folder of clips is always scored so."""
     if isinstance(data, str):  # jsb-chorales: the cached file; MNIST data: the cached folder
         data, mnist_dir = resolve_builtin(data, mnist_dir)
     if is_action_data(data):
         if split is not None or per_sequence is not None or per_step or size is not None or grey:
             raise ConfigError("--split, --per-sequence, --per-step, --size and --grey do not apply to frames with actions")
         _check_writable(json_out, "--json")
-        report = evaluate_with_actions(model, data, evaluate_sequences, layout=layout, **options)
+        length = options.get("context", 5) + (options.get("horizon") or DEFAULT_HORIZON)
+        report = evaluate_with_actions(model, data, evaluate_sequences, layout=layout, windows=length if windows else None, **options)
         if json_out is not None:
             write_json(Path(json_out), report)
         return report
+    clips = isinstance(data, (str, os.PathLike)) and is_clip_folder(data)
+    if windows and not clips:
+        raise ConfigError("--windows applies to frames with actions (a .npz with 'frames' and 'actions', or a folder "
+                          "of them); a folder of clips is always scored window by window")
     if takes_actions(model) and "actions" not in options:
         raise DataError(f"this model takes an action per step (action_dim {model.config.action_dim}); {data} has no "
                         "actions: evaluate it on frames with actions (a .npz with 'frames' and 'actions')")
-    if isinstance(data, (str, os.PathLike)) and is_clip_folder(data):
+    if clips:
         _check_writable(json_out, "--json")
         report = evaluate_clips(model, data, size=size, grey=grey, **options)
         if json_out is not None:

@@ -43,6 +43,32 @@ def read_action_input(model: VRNN, path: str | os.PathLike[str], *, layout: str 
     the model. Sequences of different lengths are cut to the shortest (every clip then has the
     same steps). Integer actions are one-hot encoded with ``action_classes``, by default the
     model's ``action_dim``."""
+    frames, actions, lengths = _read_checked(model, path, layout, action_classes)
+    steps = int(lengths.min())
+    return frames[:, :steps], actions[:, :steps]
+
+
+def action_windows(model: VRNN, path: str | os.PathLike[str], length: int, *,
+                   layout: str | None = None) -> tuple[Tensor, Tensor, list[str]]:
+    """Every non-overlapping window of ``length`` steps of every sequence of a file with
+    actions (each sequence to its own length; the steps left over at its end are not scored):
+    the frames (W, length, *frame), their actions (W, length, A) and, per window, the name of
+    the sequence it was cut from ("sequence 3"). A long recording (a gym episode) so gives
+    many test windows, with context and future wherever the sequence goes."""
+    frames, actions, lengths = _read_checked(model, path, layout, None)
+    starts = [(n, start) for n, steps in enumerate(lengths.tolist()) for start in range(0, steps - length + 1, length)]
+    if not starts:
+        raise DataError(f"{path}: no sequence has a window of {length} steps (context + horizon); the longest "
+                        f"has {int(lengths.max())}: lower --context or --horizon")
+    rows, offsets = torch.tensor(starts).T
+    steps = offsets[:, None] + torch.arange(length)
+    return frames[rows[:, None], steps], actions[rows[:, None], steps], [f"sequence {n}" for n, _ in starts]
+
+
+def _read_checked(model: VRNN, path: str | os.PathLike[str], layout: str | None,
+                  action_classes: int | None) -> tuple[Tensor, Tensor, np.ndarray]:
+    """The frames (N, T, *frame), actions (N, T, A) and observed lengths (N,) of a file with
+    actions, checked against the model."""
     try:
         data = load_action_data(path, layout=layout, action_classes=action_classes)
     except DataError:
@@ -50,9 +76,9 @@ def read_action_input(model: VRNN, path: str | os.PathLike[str], *, layout: str 
             raise
         # Integer class ids with no count of classes in the file: the model's width is that count.
         data = load_action_data(path, layout=layout, action_classes=model.config.action_dim)
-    steps = int(data.lengths.min()) if data.lengths is not None else data.frames.shape[1]
-    frames = torch.from_numpy(data.float_frames()[:, :steps])
-    actions = torch.from_numpy(np.ascontiguousarray(data.actions[:, :steps]))
+    lengths = data.lengths if data.lengths is not None else np.full(len(data.frames), data.frames.shape[1])
+    frames = torch.from_numpy(data.float_frames())
+    actions = torch.from_numpy(np.ascontiguousarray(data.actions))
     wanted = tuple(model.config.frame_shape)
     if tuple(frames.shape[2:]) != wanted:
         raise DataError(f"{path} has frames of shape {tuple(frames.shape[2:])}; the model was trained on {wanted}")
@@ -61,7 +87,7 @@ def read_action_input(model: VRNN, path: str | os.PathLike[str], *, layout: str 
                         f"{model.config.action_dim}")
     if model.config.likelihood_support == "unit-interval":
         check_unit_range(frames, str(path))
-    return frames, actions
+    return frames, actions, np.asarray(lengths)
 
 
 def read_plans(model: VRNN, plan: str | os.PathLike[str] | np.ndarray | Tensor, *, steps: int | None = None,
@@ -138,12 +164,19 @@ def shuffled_between_clips(actions: Tensor, seed: int) -> Tensor | None:
 
 
 def evaluate_with_actions(model: VRNN, path: str | os.PathLike[str], evaluate: Any, *, layout: str | None = None,
-                          **options: Any) -> dict[str, Any]:
+                          windows: int | None = None, **options: Any) -> dict[str, Any]:
     """``evaluate`` (``vrnnkit.evaluation.evaluate``) on a file with actions: the figures under
     the recorded actions, and under ``shuffled_actions`` the same figures with the actions
     shuffled between clips (how much the model uses them). A model without actions is scored
-    on the frames alone (``actions`` says so)."""
-    frames, actions = read_action_input(model, path, layout=layout)
+    on the frames alone (``actions`` says so). ``windows``: score every non-overlapping window
+    of that many steps of each sequence (:func:`action_windows`; figures per sequence too, and
+    the shuffling then gives each window the actions of another window) instead of each
+    sequence from its start."""
+    if windows is None:
+        frames, actions = read_action_input(model, path, layout=layout)
+    else:
+        frames, actions, groups = action_windows(model, path, windows, layout=layout)
+        options = {**options, "groups": groups, "horizon": windows - options.get("context", 5)}
     if not takes_actions(model):
         report = evaluate(model, frames, **options)
         report["actions"] = "ignored: the model was trained without actions"

@@ -106,7 +106,7 @@ def data_gym(
     stickiness: Annotated[float, typer.Option(min=0.0, max=0.99, help="For sticky: the probability of repeating the previous action.")] = 0.8,
     seed: Annotated[int, typer.Option(min=0, help="Seeds the environment (episode i resets with SEED + i) and the policy.")] = 0,
 ) -> None:
-    """Record episodes of a gymnasium environment with the actions taken (needs pip install 'vrnnkit[gym]').
+    r"""Record episodes of a gymnasium environment with the actions taken (needs pip install 'vrnnkit\[gym]').
 
     actions[:, t] is the action that led to frame t. Rendering is headless; frames are written
     to disk as they come, so memory stays small."""

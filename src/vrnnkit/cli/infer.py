@@ -163,6 +163,7 @@ def evaluate_command(
     per_sequence: Annotated[Opt[Path], typer.Option(help="Sequences of different lengths: write each sequence's ELBO and IWAE bound here (.csv or .json).", show_default=False)] = None,
     per_step: Annotated[bool, typer.Option("--per-step", help="Add each time step's ELBO term to the --per-sequence file.", **Flag)] = False,
     plot: Annotated[Opt[Path], typer.Option(help="Draw PSNR and SSIM per predicted step (best-of-N, mean-of-N with 95% bands, copy-last) to this .png/.pdf/.svg.", show_default=False)] = None,
+    windows: Annotated[bool, typer.Option("--windows", help="Frames with actions: score every non-overlapping window of context + horizon steps of each sequence (long recordings, e.g. gym episodes), not each sequence from its start.", **Flag)] = False,
     seed: Seed = 0,
 ) -> None:
     """Measure a model: ELBO, the IWAE and FIVO bounds (--bound), and video prediction (SRVP protocol);
@@ -173,7 +174,7 @@ def evaluate_command(
     report = api.evaluate(
         model, data, num_sequences=num_sequences, mnist_dir=mnist_dir, layout=layout, json_out=json_out, size=size, grey=grey,
         iwae_samples=iwae_samples, bounds=bound, particles=particles, context=context, horizon=horizon, samples=samples, batch_size=batch_size,
-        chunk_size=chunk_size, seed=seed, split=split, per_sequence=per_sequence, per_step=per_step,
+        chunk_size=chunk_size, seed=seed, split=split, per_sequence=per_sequence, per_step=per_step, windows=windows,
     )
     if "num_steps" in report:
         _print_step_report(report, per_sequence)

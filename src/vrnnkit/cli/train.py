@@ -88,7 +88,7 @@ RUN_OPTIONS: list[tuple[str, type, str, dict[str, Any]]] = [
     ("out", Path, "Run folder (default runs/<timestamp>; runs/latest links the newest).", {}),
     ("resume", Path, "Continue the run in this folder (e.g. runs/latest).", {}),
     ("config", Path, "A TOML file of any of these options (or a run folder's config.json); the command line overrides it.", {}),
-    ("log", str, "Also log the figures and sampled clips to a tracker: tensorboard (into RUN/tensorboard; pip install 'vrnnkit[tensorboard]').", {"metavar": "TRACKER"}),
+    ("log", str, "Also log the figures and sampled clips to a tracker: tensorboard (into RUN/tensorboard; pip install 'vrnnkit\\[tensorboard]').", {"metavar": "TRACKER"}),
 ]
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}  # a union takes its first type
 BLOCK_OPTION_EXAMPLES = {"encoder": "channels=64", "decoder": "channels=64", "prior": "hidden=128",

@@ -267,14 +267,17 @@ def fivo_bound(
     threshold: float = DEFAULT_THRESHOLD,
     actions: Tensor | None = None,
 ) -> Tensor:
-    """The FIVO bound of each sequence of ``x`` (B, T, ...), padding zeroed: (B,)."""
-    return _fivo(model, x, step_mask, particles, 1.0, threshold, generator, actions)[0]
+    """The FIVO bound of each sequence of ``x`` (B, T, ...), padding zeroed: (B,). Without
+    gradients and with the whole model in eval mode (evaluation), the loop's own scores are
+    the increments, so the bound is summed in the loop and the second pass is skipped."""
+    scored = not torch.is_grad_enabled() and not any(m.training for m in model.modules())
+    return _fivo(model, x, step_mask, particles, 1.0, threshold, generator, actions, scored_only=scored)[0]
 
 
 def _fivo(
     model: VRNN, x: Tensor, step_mask: Tensor | None, particles: int, latent_weight: float,
-    threshold: float, generator: torch.Generator | None, actions: Tensor | None = None,
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    threshold: float, generator: torch.Generator | None, actions: Tensor | None = None, scored_only: bool = False,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """The particle filter: the bound (B,) and each step's log p(x_t|.), log p(z_t|.),
     log q(z_t|.) of the particles as they were drawn, each (particles * B, T).
 
@@ -282,7 +285,9 @@ def _fivo(
     (``_Resampler``) scores each step's particles without gradients and picks the ancestors;
     the recurrence gathers its state from them (the fused loop scatters the gradient back).
     After it, the prior, decoder and likelihood run once over all steps with gradients, and
-    ``_bound`` accumulates the weights with the resampling the loop chose."""
+    ``_bound`` accumulates the weights with the resampling the loop chose. ``scored_only``
+    (no gradients, no dropout anywhere: the two stages would score alike) returns the bound the
+    loop summed, and no terms."""
     batch, steps = x.shape[:2]
     features, maps = model.encode(x, actions)
     reference = model.references(maps, steps)
@@ -294,6 +299,8 @@ def _fivo(
     hook = _Resampler(model, xs, reference, observed, particles, latent_weight, threshold, uniforms, embedded)
     with _scoring(model.prior, model.decoder):
         filtered = model.filter(features, noise, particles=particles, resample=hook, mask=step_mask)
+    if scored_only:
+        return hook.bound, None
     terms = _path_terms(model, x, filtered, reference, step_mask, particles, xs=xs)
     log_alpha = (terms[0] + latent_weight * (terms[1] - terms[2])).view(particles, batch, steps)
     return _bound(log_alpha, hook.events), terms
@@ -322,7 +329,8 @@ class _Resampler:
     and where the effective sample size of a sequence's weights falls below ``threshold * K``
     draws ancestors by systematic resampling and returns the rows to gather the state from.
     ``events`` keeps, per step, None or (resampled (B,), ancestors (K, B), the log weights the
-    ancestors were drawn with (K, B))."""
+    ancestors were drawn with (K, B)); ``bound`` (B,) sums the estimate from these scores, which
+    is the bound itself when the scores are the model's (``fivo_bound`` in evaluation)."""
 
     def __init__(self, model: VRNN, xs: Tensor, reference: list[Tensor] | None, observed: Tensor, particles: int,
                  latent_weight: float, threshold: float, uniforms: Tensor, actions: tuple[Tensor, ...] | None = None) -> None:
@@ -333,6 +341,7 @@ class _Resampler:
         self.observed = observed > 0
         self.actions = actions  # each step's a_t of every row, for a model with inputs
         self.log_weights = xs.new_zeros(particles, batch)
+        self.bound = xs.new_zeros(batch)
         self.events: list[tuple[Tensor, Tensor, Tensor] | None] = []
 
     @torch.no_grad()
@@ -345,6 +354,7 @@ class _Resampler:
         increment = model.likelihood.log_prob(params, self.frames[t]) + self.latent_weight * latent
         observed = self.observed[:, t]
         updated = self.log_weights + torch.where(observed, increment.view(particles, batch), 0.0)
+        self.bound += torch.logsumexp(updated, 0) - torch.logsumexp(self.log_weights, 0)
         log_ess = 2 * torch.logsumexp(updated, 0) - torch.logsumexp(2 * updated, 0)
         limit = math.log(self.threshold * particles) if self.threshold > 0 else -math.inf  # 0: never resample
         resample = (log_ess < limit) & observed
