@@ -418,6 +418,20 @@ def test_gym_recording_aligns_each_action_with_the_frame_it_led_to(tmp_path, ech
     np.testing.assert_array_equal(stored["lengths"], [8, 8])  # the reset frame and 7 steps
 
 
+def test_gym_action_repeat_holds_each_action_and_records_the_frame_after_it(tmp_path, echo_gym):
+    out = tmp_path / "repeat.npz"
+    result = _cli("data", "gym", "EchoDiscrete-v0", "--episodes", "2", "--policy", "random", "--size", "8",
+                  "--skip-frames", "0", "--action-repeat", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    stored = np.load(out)
+    # 7 environment steps an episode: the reset frame, then after steps 3, 6 and 7 (the end cuts the last hold short).
+    np.testing.assert_array_equal(stored["lengths"], [4, 4])
+    np.testing.assert_array_equal(stored["rewards"][:, 1:], [[3, 3, 1], [3, 3, 1]])
+    ids = stored["actions"]
+    np.testing.assert_array_equal(stored["frames"][:, 1:, 0, 0, 0], 40 * ids[:, 1:] + 20)  # the held action shows
+    assert _cli("data", "gym", "EchoDiscrete-v0", "--action-repeat", "0", "--out", out).exit_code == 2
+
+
 def test_gym_recording_of_continuous_actions_pads_and_stops_at_episode_ends(tmp_path, echo_gym):
     out = tmp_path / "box.npz"
     result = _cli("data", "gym", "EchoBox-v0", "--episodes", "2", "--policy", "sticky", "--size", "8", "--out", out)

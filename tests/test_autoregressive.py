@@ -51,6 +51,25 @@ def test_element_d_reads_only_the_elements_before_it():
     assert not torch.allclose(block.logits(params, 1 - x)[0, 1:], base[0, 1:])  # it does read the past
 
 
+def test_without_gradients_the_rows_go_in_chunks_with_the_same_logits(monkeypatch):
+    import vrnnkit.blocks.autoregressive as autoregressive
+
+    block = _trained_looking(size=6, hidden=11)
+    params = torch.randn(10, 3, 6, dtype=torch.float64)
+    x = (torch.rand(10, 6, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    whole = block.logits(params, x)  # with gradients: one pass over every row
+    assert whole.requires_grad
+    monkeypatch.setattr(autoregressive, "CHUNK_ROWS", 3)  # 3 + 3 + 3 + 1 rows
+    with torch.no_grad():
+        chunked = block.logits(params, x)
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-12)
+    calls, linear = [], autoregressive.F.linear
+    monkeypatch.setattr(autoregressive.F, "linear", lambda *a: calls.append(len(a[0])) or linear(*a))
+    with torch.no_grad():
+        block.logits(params, x)
+    assert calls == [3, 3, 3, 1]
+
+
 def test_a_new_block_is_the_factorised_bernoulli_of_its_base_logits():
     block = AutoregressiveBernoulli((2, 3, 4))
     params = torch.randn(5, block.params_per_element, 2, 3, 4)

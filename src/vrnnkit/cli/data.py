@@ -105,6 +105,7 @@ def data_gym(
     skip_frames: Annotated[Optional[int], typer.Option(min=0, help="Steps left out at the start of each episode (default: 50 for CarRacing's zoom-in, else 0).", show_default=False)] = None,  # noqa: UP045
     stickiness: Annotated[float, typer.Option(min=0.0, max=0.99, help="For sticky: the probability of repeating the previous action.")] = 0.8,
     seed: Annotated[int, typer.Option(min=0, help="Seeds the environment (episode i resets with SEED + i) and the policy.")] = 0,
+    action_repeat: Annotated[int, typer.Option(min=1, help="Hold each action for this many environment steps and record the frame after them (rewards summed): one recorded step spans that many of the environment's.")] = 1,
 ) -> None:
     r"""Record episodes of a gymnasium environment with the actions taken (needs pip install 'vrnnkit\[gym]').
 
@@ -118,7 +119,8 @@ def data_gym(
             progress.update(task, completed=episode, description=f"{env_id} episode {episode + 1}: {frames} frames")
 
         summary = api.record_gym(out, env_id, episodes, policy=policy, size=size, max_steps=max_steps,
-                                 skip_frames=skip_frames, stickiness=stickiness, seed=seed, on_step=report)
+                                 skip_frames=skip_frames, stickiness=stickiness, seed=seed, action_repeat=action_repeat,
+                                 on_step=report)
     say(f"wrote {out}: {summary['episodes']} episodes, {summary['frames']:,} frames, frames of shape "
         f"{summary['shape']}; actions of {summary['action_space']}")
 

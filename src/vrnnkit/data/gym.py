@@ -19,6 +19,12 @@ streamed into the archive (compressed). Its arrays (:mod:`vrnnkit.data.actions`)
 
 CarRacing opens with a zoom-in animation of about 50 frames: ``skip_frames`` (by default 50
 for CarRacing, 0 otherwise) leaves them out, the policy acting all along.
+
+``action_repeat`` (the world-model papers' "action repeat", Atari's frame skip) holds each
+action for that many environment steps and records the frame after the last of them, with the
+rewards summed: one recorded step then spans several of the environment's (CarRacing runs at
+50 steps a second, so ten recorded steps are 0.2 s of driving at 1 and 0.8 s at 4), and an
+action's effect on the next recorded frame grows with it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ def record(
     skip_frames: int | None = None,
     stickiness: float = STICKINESS,
     seed: int = 0,
+    action_repeat: int = 1,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Record ``episodes`` episodes into the ``.npz`` file ``out`` (see the module's docstring).
@@ -94,12 +101,14 @@ def record(
             else 1000); an episode that ends sooner is shorter.
         skip_frames: steps left out at the start of each episode (default 50 for CarRacing).
         seed: seeds the environment (episode i is reset with ``seed + i``) and the policy.
+        action_repeat: environment steps each recorded action is held for (the frame after the
+            last of them is recorded; the rewards are summed).
         on_step: called as ``on_step(episode, frames recorded in it)`` after every frame.
 
     Returns:
         A summary: ``episodes``, ``frames`` (recorded in all), ``shape`` (of ``frames``), ``action_space``.
     """
-    for name, value in (("episodes", episodes), ("size", size)):
+    for name, value in (("episodes", episodes), ("size", size), ("action-repeat", action_repeat)):
         if not is_count(value):
             raise ConfigError(f"--{name} must be a positive whole number, got {value!r}")
     env = make_env(env_id)
@@ -117,7 +126,7 @@ def record(
         with _scratch(out) as scratch:
             recorder = _Recorder(scratch, size, discrete, env.action_space)
             for episode in range(episodes):
-                _episode(env, actor, recorder, seed=seed + episode, skip=skip, limit=limit,
+                _episode(env, actor, recorder, seed=seed + episode, skip=skip, limit=limit, repeat=action_repeat,
                          on_step=None if on_step is None else lambda done, e=episode: on_step(e, done))
             recorder.write(out, env.action_space)
     finally:
@@ -127,8 +136,9 @@ def record(
 
 
 def _episode(env: Any, actor: Any, recorder: _Recorder, *, seed: int, skip: int, limit: int,
-             on_step: Callable[[int], None] | None) -> None:
-    """Run one episode, recording ``limit`` frames at most after the first ``skip``."""
+             on_step: Callable[[int], None] | None, repeat: int = 1) -> None:
+    """Run one episode, recording ``limit`` frames at most after the first ``skip`` steps,
+    each action held for ``repeat`` steps."""
     observation, _ = env.reset(seed=seed)
     actor.reset()
     action, reward, done = None, 0.0, False
@@ -146,9 +156,12 @@ def _episode(env: Any, actor: Any, recorder: _Recorder, *, seed: int, skip: int,
             on_step(recorder.lengths[-1])
         if done or recorder.lengths[-1] >= limit:
             break
-        action = actor(observation)
-        observation, reward, terminated, truncated, _ = env.step(action)
-        done = terminated or truncated
+        action, reward = actor(observation), 0.0
+        for _ in range(repeat):
+            observation, step_reward, terminated, truncated, _ = env.step(action)
+            reward, done = reward + float(step_reward), terminated or truncated
+            if done:
+                break
 
 
 def _frame(env: Any, observation: Any) -> np.ndarray:
