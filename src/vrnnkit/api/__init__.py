@@ -7,6 +7,7 @@
     futures = api.predict(model, videos, context=5, samples=3)   # on arrays; predict_file on files
     result = api.predict_file(model, "clip.mp4", size=64, grey=True)  # writes clip-predicted.gif
     report = api.evaluate(model, "bouncing-balls")               # vrnnkit eval (an array works too)
+    report = api.evaluate(model, "cars.npz", horizon=10, windows=True)  # every window of each episode
     api.export(model, "m.onnx")                                  # vrnnkit export
     array = api.generate_dataset("bouncing-balls", 100, seed=3)  # vrnnkit data bouncing-balls --seed 3
     api.convert_file("clip.mp4", "clip.npy", size=64, grey=True)  # vrnnkit data convert clip.mp4 --size 64 --grey
@@ -28,11 +29,13 @@ from vrnnkit.api._inference import (
 )
 from vrnnkit.api._music import checkpoint_note_range
 from vrnnkit.api._train import train
+from vrnnkit.api._world import action_windows
 from vrnnkit.io.export import export
 
 __all__ = [
     "DEFAULT_SAMPLES",
     "Prediction",
+    "action_windows",
     "checkpoint_note_range",
     "convert_file",
     "default_prediction_path",
